@@ -1,0 +1,25 @@
+"""saf-plugin: Spike Accumulation Forwarding (SAF) for SpikingJelly and snnTorch models.
+
+    import saf_plugin
+    saf_plugin.check(net)          # per module: exact / approximate / unsupported, why, fix
+    saf_plugin.set_saf(net, "E")   # SAF-E in place (same modules, parameters, state_dict)
+    ...train...
+    saf_plugin.set_saf(net, None)  # back to the ordinary spiking model
+"""
+
+from .convert import check, fix, saf_mode, set_saf
+from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
+from .registry import register_linear
+
+__all__ = [
+    "set_saf",
+    "saf_mode",
+    "check",
+    "fix",
+    "Finding",
+    "SAFError",
+    "SAFIncompatibleError",
+    "SAFStateError",
+    "register_linear",
+]
+__version__ = "0.1.0"

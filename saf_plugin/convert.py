@@ -1,0 +1,405 @@
+"""Switching a model to SAF in place and back: ``set_saf``, ``saf_mode``, ``check``, ``fix``.
+
+How a converted model runs (``../shared/SAF.md``):
+
+- The *entry* module (the outermost module that is first in the model) accumulates the network
+  input with the first neuron's decay: â_x[t] = λ â_x[t−1] + x[t].
+- Affine modules add their constant β scaled by the series: y = A â + β c[t] (the extra
+  (c[t] − 1) β is added detached, so a bias gets OTTT's gradient δ rather than c[t] δ).
+- Neurons receive Y[t] and pass on â[t] (:mod:`saf_plugin.core`); a neuron whose decay differs
+  from its sender's re-accumulates its input.
+- The *exit* module (the outermost module that is last) de-accumulates, o[t] = O[t] − λ O[t−1]
+  (SAF-E), or returns the spike representation O[t] / c[t] (SAF-F).
+
+Modules keep their identity: only ``__class__`` is swapped to a SAF subclass created once per
+class, and SAF state lives in attributes that ``set_saf(net, None)`` deletes again.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import core
+from .errors import Finding, SAFIncompatibleError, SAFStateError
+from .registry import Spec, load_adapters, lookup
+
+MODES = ("E", "F", None)
+_LAYER_CLASSES: dict[type, type] = {}
+
+
+# --------------------------------------------------------------------------- the walk
+
+
+def _walk(net: nn.Module) -> Iterator[tuple[str, nn.Module, Optional[Spec]]]:
+    """Yield (path, module, spec) for every module that matters: neurons and leaves.
+
+    Children of neurons (e.g. surrogate functions) are not visited; modules with children
+    and no spec of their own are containers and are only walked into.
+    """
+    skip: list[str] = []
+    for path, module in net.named_modules():
+        if any(path.startswith(p + ".") for p in skip):
+            continue
+        spec = lookup(module)
+        if spec is not None and spec.role == "neuron":
+            skip.append(path)
+            yield path, module, spec
+        elif next(module.children(), None) is None:
+            yield path, module, spec
+
+
+def _judge(path: str, module: nn.Module, spec: Optional[Spec]) -> Finding:
+    name = getattr(type(module), "_saf_base", type(module)).__name__
+    if spec is None:
+        return Finding(
+            path, name, "unsupported",
+            f"saf-plugin does not know {name}; SAF is exact only if every map between neurons "
+            "is linear or affine (a subclass that overrides forward or the neuron dynamics is "
+            "not covered by its parent)",
+            f"if {name} is linear, call saf_plugin.register_linear({name}, shift=...) before "
+            "set_saf; otherwise replace it",
+        )
+    if spec.role == "container":
+        return Finding(path, name, "exact", "empty container", "")
+    if spec.judge is None:
+        return Finding(path, name, "exact", f"{spec.role} map", "")
+    status, reason, fix_hint = spec.judge(module)
+    return Finding(path, name, status, reason, fix_hint)
+
+
+def check(net: nn.Module) -> list[Finding]:
+    """One :class:`Finding` per module that matters (neurons and leaf modules).
+
+    Never raises on a model it can walk. ``status`` is "exact", "approximate" (SAF runs but
+    the forward is no longer the LIF forward) or "unsupported" (SAF cannot run it).
+    """
+    load_adapters()
+    findings = [_judge(p, m, s) for p, m, s in _walk(net)]
+    neurons = [(p, m) for p, m, s in _walk(net) if s is not None and s.role == "neuron"]
+    if not neurons:
+        findings.append(Finding("", type(net).__name__, "unsupported",
+                                "the model has no spiking neuron saf-plugin knows",
+                                "SAF needs LIF/IF neurons (SpikingJelly or snnTorch)"))
+    modes = {getattr(m, "step_mode", "s") for _, m in neurons}
+    if len(modes) > 1:
+        findings.append(Finding("", type(net).__name__, "unsupported",
+                                "neurons mix step modes 's' and 'm'",
+                                "use functional.set_step_mode(net, 's' or 'm') first"))
+    return findings
+
+
+def fix(net: nn.Module) -> list[Finding]:
+    """Repair what can be repaired, in place, and report each change.
+
+    MaxPool -> AvgPool of the same geometry (a new module: hooks on the old one are gone),
+    hard reset -> soft reset (the same neuron object). Parameters are untouched, so an
+    optimizer built before keeps working.
+    """
+    load_adapters()
+    if saf_mode(net) is not None:
+        raise SAFStateError("fix() changes modules: call set_saf(net, None) first")
+    changes: list[Finding] = []
+    replacements: list[tuple[str, nn.Module]] = []
+    for path, module, spec in list(_walk(net)):
+        name = type(module).__name__
+        if spec is None:
+            continue
+        if spec.role == "neuron" and spec.neuron is not None and spec.neuron.fix is not None:
+            if _judge(path, module, spec).status != "exact":
+                note = spec.neuron.fix(module)
+                if note:
+                    changes.append(Finding(path, name, "exact", note, ""))
+        elif spec.repair is not None and _judge(path, module, spec).status != "exact":
+            new, note = spec.repair(module)
+            if new is not None:
+                new.train(module.training)
+                replacements.append((path, new))
+            changes.append(Finding(path, name, "exact" if new is not None else "unsupported",
+                                   note, ""))
+    for path, new in replacements:
+        parent_path, _, child = path.rpartition(".")
+        parent = net.get_submodule(parent_path) if parent_path else net
+        setattr(parent, child, new)
+    _invalidate_reset_cache(net)
+    return changes
+
+
+# --------------------------------------------------------------------------- the context
+
+
+class SAFContext:
+    """Run-time state shared by the SAF modules of one converted model.
+
+    ``t`` is the index of the current step (first step of the current chunk in 'm' mode) and
+    ``steps`` the number of steps in the current call; ``decay`` is the λ of the neuron that
+    sent the tensor now flowing (the bias series and the exit use it).
+    """
+
+    def __init__(self, mode: str, step_mode: str, strict: bool, clock: nn.Module,
+                 clock_adapter, entry: nn.Module, exit_: nn.Module):
+        self.mode = mode
+        self.step_mode = step_mode
+        self.strict = strict
+        self.clock = clock
+        self.clock_adapter = clock_adapter
+        self.entry = entry
+        self.exit = exit_
+        self.t = 0
+        self.steps = 1
+        self.decay = 1.0
+        self.input_acc: Optional[Tensor] = None
+        self.output_prev: Optional[Tensor] = None
+        self.warned: set[str] = set()
+
+    # -- time
+    def enter(self, x: Tensor) -> Tensor:
+        """Accumulate the network input and advance the clock."""
+        fresh = self.clock_adapter.is_fresh(self.clock) or self.input_acc is None
+        shape = x.shape[1:] if self.step_mode == "m" else x.shape
+        if not fresh and self.input_acc.shape != shape:
+            if not self.clock_adapter.reset_on_shape_change:
+                raise SAFStateError(
+                    f"the input shape changed from {tuple(self.input_acc.shape)} to "
+                    f"{tuple(shape)} without a reset; reset the model between sequences "
+                    "(spikingjelly: functional.reset_net(net))")
+            fresh = True
+        self.decay = _as_float(self.clock_adapter.decay(self.clock))
+        prev = None if fresh else self.input_acc
+        if self.step_mode == "m":
+            self.t = 0 if fresh else self.t + self.steps
+            self.steps = x.shape[0]
+            acc = core.accumulate(x, self.decay, prev)
+            self.input_acc = acc[-1].detach()
+        else:
+            self.t = 0 if fresh else self.t + 1
+            self.steps = 1
+            acc = core.accumulate_step(x, prev, self.decay)
+            self.input_acc = acc.detach()
+        if fresh:
+            self.output_prev = None
+        return acc
+
+    def series(self, decay: float, *, like: Tensor) -> Tensor:
+        """c[t] for the steps of this call: shape [steps]."""
+        return core.bias_series(self.t, self.steps, decay, like=like)
+
+    def time_view(self, x: Tensor, folded: bool) -> Tensor:
+        """View [T, ...] of a tensor that is [T, B, ...] or time-folded [T*B, ...]."""
+        return x.unflatten(0, (self.steps, -1)) if folded else x
+
+    # -- the exit
+    def leave(self, out: Tensor) -> Tensor:
+        """SAF-E: o[t] = O[t] − λ O[t−1]; SAF-F: the spike representation O[t] / c[t]."""
+        if self.step_mode == "m" and out.shape[0] != self.steps:
+            raise SAFStateError(
+                f"the model's output has shape {tuple(out.shape)}, whose first dimension is not "
+                f"the {self.steps} time steps of its input; in step mode 'm' SAF needs the "
+                "last module to return [T, ...]")
+        if self.mode == "F":
+            c = self.series(self.decay, like=out)
+            c = c if self.step_mode == "m" else c[0]
+            return out / c.view(-1, *([1] * (out.dim() - 1))) if c.dim() else out / c
+        if self.step_mode == "m":
+            o = core.deaccumulate(out, self.decay, self.output_prev)
+        else:
+            o = core.deaccumulate_step(out, self.output_prev, self.decay)
+        self.output_prev = (out[-1] if self.step_mode == "m" else out).detach()
+        return o
+
+    # -- guards
+    def guard(self, module: nn.Module, spec: Spec) -> None:
+        """Re-judge a module whose status depends on train/eval mode at every call."""
+        finding = _judge(module._saf_path, module, spec)
+        if finding.status == "exact":
+            return
+        if self.strict:
+            raise SAFIncompatibleError([finding], header=(
+                "a module became inexact after set_saf (strict=True)"))
+        if finding.path not in self.warned:
+            self.warned.add(finding.path)
+            warnings.warn(finding.line(), stacklevel=3)
+
+
+def _as_float(decay) -> float:
+    return float(decay.detach()) if torch.is_tensor(decay) else float(decay)
+
+
+# --------------------------------------------------------------------------- SAF layers
+
+
+def _is_unfolded(module: nn.Module) -> bool:
+    """SpikingJelly layers in step mode 'm' see [T, B, ...]; everything else one step or [T*B, ...]."""
+    try:
+        return getattr(module, "step_mode", "s") == "m" and not isinstance(module, nn.Sequential)
+    except Exception:  # pragma: no cover - exotic step_mode properties
+        return False
+
+
+def saf_layer_forward(module: nn.Module, base: type, args: tuple, kwargs: dict):
+    """The forward of every non-neuron SAF module (see the module docstring)."""
+    ctx: SAFContext = module._saf_ctx
+    spec: Spec = module._saf_spec
+    x, rest = args[0], args[1:]
+    if module is ctx.entry:
+        x = ctx.enter(x)
+    if spec is not None and spec.runtime:
+        ctx.guard(module, spec)
+    split = (ctx.mode == "F" and ctx.step_mode == "m" and ctx.steps > 1
+             and torch.is_grad_enabled() and module._saf_split)
+    if split:  # SAF-F: steps 0..T-2 build no graph
+        k = x.shape[0] * (ctx.steps - 1) // ctx.steps
+        with torch.no_grad():
+            head = base.forward(module, x[:k], *rest, **kwargs)
+        out = torch.cat([head, base.forward(module, x[k:], *rest, **kwargs)])
+    else:
+        out = base.forward(module, x, *rest, **kwargs)
+    if spec is not None and spec.shift is not None:
+        out = _add_series(ctx, module, spec, out)
+    if module is ctx.exit:
+        out = ctx.leave(out)
+    return out
+
+
+def _add_series(ctx: SAFContext, module: nn.Module, spec: Spec, out: Tensor) -> Tensor:
+    """out + (c[t] − 1) β with β detached: Y = A â + β c[t], bias gradient δ (as OTTT)."""
+    unfolded = _is_unfolded(module)
+    sample_ndim = out.dim() - 1 - (1 if (ctx.step_mode == "m" and unfolded) else 0)
+    shift = spec.shift(module, out, sample_ndim)
+    if shift is None:
+        return out
+    c = ctx.series(ctx.decay, like=out) - 1.0
+    if ctx.step_mode == "s":
+        return out + c[0] * shift.detach() if ctx.t > 0 else out
+    view = ctx.time_view(out, folded=not unfolded)
+    coef = c.view(-1, *([1] * (view.dim() - 1)))
+    return (view + coef * shift.detach()).reshape(out.shape)
+
+
+def _layer_class(cls: type) -> type:
+    if cls not in _LAYER_CLASSES:
+        def forward(self, *args, **kwargs):
+            return saf_layer_forward(self, cls, args, kwargs)
+
+        _LAYER_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
+            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
+    return _LAYER_CLASSES[cls]
+
+
+# --------------------------------------------------------------------------- set_saf
+
+
+def saf_mode(net: nn.Module) -> Optional[str]:
+    """"E", "F" or None (the ordinary spiking model)."""
+    ctx = getattr(net, "_saf_root_ctx", None)
+    return None if ctx is None else ctx.mode
+
+
+def _invalidate_reset_cache(net: nn.Module) -> None:
+    import sys
+
+    fn = getattr(sys.modules.get("spikingjelly.activation_based.functional"),
+                 "invalidate_reset_cache", None)
+    if fn is not None:
+        fn(net)
+
+
+def _edge_module(net: nn.Module, leaf: str, first: bool) -> nn.Module:
+    """The outermost module below the root whose first (or last) descendant chain is ``leaf``.
+
+    The entry and exit must see whole sequences [T, ...] in step mode 'm', so a layer inside a
+    time-folding container (SeqToANNContainer) hands the role to that container.
+    """
+    parts = leaf.split(".")
+    for i in range(1, len(parts) + 1):
+        outer = module = net.get_submodule(".".join(parts[:i]))
+        for name in parts[i:]:
+            names = list(module._modules)
+            if name != (names[0] if first else names[-1]):
+                break
+            module = module._modules[name]
+        else:
+            return outer
+    return net.get_submodule(leaf)  # pragma: no cover - the loop returns at i == len(parts)
+
+
+def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
+    """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
+
+    Everything is validated before anything changes: with ``strict=True`` any approximate or
+    unsupported module raises :class:`SAFIncompatibleError` naming every offending module;
+    with ``strict=False`` approximate modules only warn. Returns ``net``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
+    load_adapters()
+    if mode is None:
+        _revert(net)
+        return net
+    findings = check(net)
+    bad = [f for f in findings if f.status == "unsupported"
+           or (strict and f.status == "approximate")]
+    if bad:
+        raise SAFIncompatibleError(bad)
+    for f in findings:
+        if f.status == "approximate":
+            warnings.warn(f"SAF is approximate here: {f.line()}", stacklevel=2)
+    _revert(net)
+    _apply(net, mode, strict)
+    return net
+
+
+def _apply(net: nn.Module, mode: str, strict: bool) -> None:
+    walked = list(_walk(net))
+    neurons = [(p, m, s) for p, m, s in walked if s is not None and s.role == "neuron"]
+    leaves = [p for p, m, s in walked if s is None or s.role != "container"]
+    entry = _edge_module(net, leaves[0], first=True)
+    last = net.get_submodule(leaves[-1])
+    is_neuron = (lookup(last) or Spec("linear")).role == "neuron"
+    exit_ = last if is_neuron else _edge_module(net, leaves[-1], first=False)
+    step_mode = getattr(neurons[0][1], "step_mode", "s")
+    ctx = SAFContext(mode, step_mode, strict, neurons[0][1], neurons[0][2].neuron, entry, exit_)
+    swapped: list[nn.Module] = []
+    for path, module, spec in walked:
+        if spec is not None and spec.role == "neuron":
+            module.__class__ = spec.neuron.saf_class(type(module))
+            module._saf_ctx, module._saf_path, module._saf_spec = ctx, path, spec
+            spec.neuron.attach(module)
+            swapped.append(module)
+        elif (module is entry or module is exit_ or (spec is not None and (spec.shift or spec.runtime))
+              or next(module.parameters(recurse=False), None) is not None):
+            _swap_layer(module, path, spec, ctx)
+            swapped.append(module)
+    for module in (entry, exit_):
+        if module not in swapped:
+            path = next(p for p, m in net.named_modules() if m is module)
+            _swap_layer(module, path, lookup(module), ctx)
+            swapped.append(module)
+    net._saf_root_ctx = ctx
+    net._saf_swapped = swapped
+    _invalidate_reset_cache(net)
+
+
+def _swap_layer(module: nn.Module, path: str, spec: Optional[Spec], ctx: SAFContext) -> None:
+    module.__class__ = _layer_class(type(module))
+    module._saf_ctx, module._saf_path, module._saf_spec = ctx, path, spec
+    module._saf_split = next(module.parameters(), None) is not None
+
+
+def _revert(net: nn.Module) -> None:
+    swapped = net.__dict__.pop("_saf_swapped", None)
+    net.__dict__.pop("_saf_root_ctx", None)
+    if not swapped:
+        return
+    for module in swapped:
+        spec = module._saf_spec
+        if spec is not None and spec.role == "neuron":
+            spec.neuron.detach(module)
+        module.__class__ = type(module)._saf_base
+        for name in ("_saf_ctx", "_saf_path", "_saf_spec", "_saf_split"):
+            module.__dict__.pop(name, None)
+    _invalidate_reset_cache(net)

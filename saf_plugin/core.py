@@ -1,0 +1,166 @@
+"""The SAF math, once, in plain PyTorch. Adapters and kernels call these functions.
+
+Notation (``../shared/SAF.md``): a soft-reset LIF layer with decay ``lam`` (λ = 1 − 1/τ;
+λ = 1 for IF), threshold ``theta`` (θ) and input current I[t] = W s_in[t] + b fires
+
+    u[t] = λ (u[t−1] − θ s[t−1]) + I[t],        s[t] = H(u[t] − θ).
+
+With the spike accumulation â[t] = λ â[t−1] + s[t] (â[−1] = 0) the recurrence unrolls to
+
+    u[t] = Y[t] − θ λ â[t−1],     Y[t] = Σ_k λ^k I[t−k] = W â_in[t] + b c[t],
+    c[t] = Σ_{k=0..t} λ^k,
+
+so a layer needs ONE affine operation on the accumulated input per step.  ``decay_input``
+(SpikingJelly) scales the input by (1 − λ): u[t] = (1 − λ) Y[t] − θ λ â[t−1].
+
+Every function here takes and returns tensors; ``lam`` may be a float or a 0-d tensor
+(a learnable decay is passed detached: its gradient enters through
+:func:`decay_gradient_term`).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Union
+
+import torch
+from torch import Tensor
+
+Lam = Union[float, Tensor]
+Surrogate = Callable[[Tensor], Tensor]
+
+__all__ = [
+    "accumulate_step",
+    "accumulate",
+    "deaccumulate_step",
+    "deaccumulate",
+    "bias_series",
+    "reaccumulate_step",
+    "saf_e_step",
+    "saf_f_step",
+    "decay_gradient_term",
+]
+
+
+def accumulate_step(x: Tensor, acc_prev: Optional[Tensor], lam: Lam) -> Tensor:
+    """One step of the accumulation â[t] = λ â[t−1] + x[t]; ``acc_prev=None`` means t = 0."""
+    return x if acc_prev is None else lam * acc_prev + x
+
+
+def accumulate(x_seq: Tensor, lam: Lam, acc_prev: Optional[Tensor] = None) -> Tensor:
+    """Accumulate a sequence ``x_seq`` of shape [T, ...] along dim 0; returns [T, ...]."""
+    out = []
+    acc = acc_prev
+    for x in x_seq:
+        acc = accumulate_step(x, acc, lam)
+        out.append(acc)
+    return torch.stack(out)
+
+
+def deaccumulate_step(acc: Tensor, acc_prev: Optional[Tensor], lam: Lam) -> Tensor:
+    """Undo one accumulation step: x[t] = â[t] − λ â[t−1] (â[t−1] detached: a constant)."""
+    return acc if acc_prev is None else acc - lam * acc_prev.detach()
+
+
+def deaccumulate(acc_seq: Tensor, lam: Lam, acc_prev: Optional[Tensor] = None) -> Tensor:
+    """De-accumulate a sequence [T, ...]: x[t] = â[t] − λ â[t−1], each â[t−1] detached."""
+    first = acc_seq[:1] if acc_prev is None else acc_seq[:1] - lam * acc_prev.detach()
+    rest = acc_seq[1:] - lam * acc_seq[:-1].detach()
+    return torch.cat([first, rest])
+
+
+def bias_series(t0: int, steps: int, lam: Lam, *, like: Tensor) -> Tensor:
+    """c[t] = Σ_{k=0..t} λ^k for t = t0 .. t0+steps−1, as a [steps] tensor like ``like``.
+
+    Computed by the recurrence c[t] = λ c[t−1] + 1 (exact for λ = 1: c[t] = t + 1).
+    """
+    lam_t = torch.as_tensor(lam, dtype=like.dtype, device=like.device).detach()
+    c = torch.zeros((), dtype=like.dtype, device=like.device)
+    out = []
+    for t in range(t0 + steps):
+        c = lam_t * c + 1.0
+        if t >= t0:
+            out.append(c)
+    return torch.stack(out)
+
+
+def reaccumulate_step(
+    z: Tensor, z_prev: Optional[Tensor], y_prev: Optional[Tensor], lam_in: Lam, lam_out: Lam
+) -> Tensor:
+    """Re-accumulate with another decay: ŷ[t] = λ' ŷ[t−1] + z[t] − λ z[t−1].
+
+    If z[t] is a λ-accumulation of some x[t], ŷ[t] is its λ'-accumulation; linear maps
+    commute with it, so a layer can re-accumulate its already transformed input.
+    """
+    if z_prev is None:
+        return z
+    # z + (λ' ŷ − λ z): exactly z when λ' = λ and ŷ[t−1] = z[t−1]
+    return z + (lam_out * y_prev.detach() - lam_in * z_prev.detach())
+
+
+def saf_e_step(
+    y: Tensor,
+    acc_prev: Optional[Tensor],
+    lam: Lam,
+    theta: float,
+    surrogate: Surrogate,
+) -> tuple[Tensor, Tensor]:
+    """SAF-E neuron step on the (scaled) accumulated input ``y`` = Y[t].
+
+    u[t] = Y[t] − θ λ â[t−1];  s[t] = H(u[t] − θ) (surrogate in backward);
+    â[t] = λ â[t−1] + s[t].  â[t−1] is a constant (detached), so the graph of step t
+    stands alone.  Returns (â[t], u[t]).
+    """
+    if acc_prev is None:
+        u = y
+        acc = surrogate(u - theta)
+    else:
+        prev = acc_prev.detach()
+        u = y - (theta * lam) * prev
+        acc = lam * prev + surrogate(u - theta)
+    return acc, u
+
+
+def saf_f_step(
+    y: Tensor,
+    acc_prev: Optional[Tensor],
+    lam: Lam,
+    theta: float,
+    c: Union[float, Tensor],
+) -> tuple[Tensor, Tensor]:
+    """SAF-F neuron step: the same forward as :func:`saf_e_step`, the Spike Representation
+    gradient in backward.
+
+    In rate units a = â[t]/c[t], ȳ = Y[t]/c[t] the Spike Representation of a soft-reset LIF
+    is a ≈ clamp(ȳ/θ, 0, 1), so the backward is dâ/dY = 1[0 < Y < θ c[t]] / θ.
+    Returns (â[t], u[t]).
+    """
+    with torch.no_grad():
+        acc, u = saf_e_step(y, acc_prev, lam, theta, _heaviside)
+    rep = torch.clamp(y, min=0.0) / theta
+    rep = torch.minimum(rep, torch.as_tensor(c, dtype=y.dtype, device=y.device))
+    return acc + (rep - rep.detach()), u
+
+
+def decay_gradient_term(
+    y: Tensor,
+    y_prev: Optional[Tensor],
+    acc_prev: Optional[Tensor],
+    theta: float,
+    decay_input: bool,
+) -> Tensor:
+    """∂u[t]/∂λ with the membrane u[t−1] held constant (the online, history-detached gradient).
+
+    With v[t−1] = u[t−1] − θ s[t−1] and Y the unscaled accumulated current:
+      decay_input=False:  u = λ v[t−1] + I[t]          ->  ∂u/∂λ = v[t−1]        = Y[t−1] − θ â[t−1]
+      decay_input=True:   u = λ v[t−1] + (1−λ) I[t]    ->  ∂u/∂λ = v[t−1] − I[t] = Y[t−1] − Y[t] − θ â[t−1]
+    Returned detached; the adapter adds (λ − λ.detach()) · term to u.
+    """
+    with torch.no_grad():
+        if y_prev is None:
+            return -y if decay_input else torch.zeros_like(y)
+        term = y_prev - theta * acc_prev
+        return term - y if decay_input else term
+
+
+def _heaviside(x: Tensor) -> Tensor:
+    return (x >= 0).to(x.dtype)

@@ -1,0 +1,112 @@
+"""What saf-plugin knows about module classes: one :class:`Spec` per class, looked up by MRO.
+
+Adapters register their classes here (``adapters/torch_nn.py``, ``adapters/spikingjelly.py``,
+``adapters/snntorch.py``); users extend it with :func:`register_linear`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Optional
+
+from torch import Tensor, nn
+
+from .errors import Status
+
+Role = Literal["neuron", "linear", "nonlinear", "container"]
+Judgement = tuple[Status, str, str]  # status, reason, fix
+
+
+@dataclass
+class NeuronAdapter:
+    """How one family of neuron classes becomes a SAF neuron and back.
+
+    ``saf_class(cls)`` gives the SAF subclass of ``cls``; ``attach(m)`` / ``detach(m)`` add and
+    remove the SAF state after the class swap; ``decay(m)`` returns λ (float, or a tensor with
+    grad for a learnable decay); ``is_fresh(m)`` says whether the neuron is in its reset state.
+    """
+
+    saf_class: Callable[[type], type]
+    attach: Callable[[nn.Module], None]
+    detach: Callable[[nn.Module], None]
+    decay: Callable[[nn.Module], object]
+    is_fresh: Callable[[nn.Module], bool]
+    fix: Optional[Callable[[nn.Module], str]] = None
+    reset_on_shape_change: bool = False
+
+
+@dataclass
+class Spec:
+    """What a module class is to SAF.
+
+    role:     "neuron", "linear" (a linear or affine map: exact), "nonlinear" (not exact;
+              ``judge`` says approximate or unsupported), "container" (only its children count).
+    judge:    module -> (status, reason, fix); None means "exact".
+    shift:    for affine maps, module -> the additive constant β of one sample's output
+              (e.g. a Linear's bias), which SAF must scale by the series c[t]; None if linear.
+    runtime:  the judgement depends on ``module.training``: re-judge at every SAF call.
+    dynamics: method names whose overriding in a subclass changes the maths (subclasses that
+              override them are not covered by this spec).
+    """
+
+    role: Role
+    judge: Optional[Callable[[nn.Module], Judgement]] = None
+    shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
+    runtime: bool = False
+    neuron: Optional[NeuronAdapter] = None
+    repair: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
+    dynamics: tuple[str, ...] = ("forward",)
+    owner: type = field(default=object, repr=False)
+
+
+_REGISTRY: dict[type, Spec] = {}
+_ADAPTERS = {
+    "spikingjelly": "saf_plugin.adapters.spikingjelly",
+    "snntorch": "saf_plugin.adapters.snntorch",
+}
+
+
+def register(cls: type, spec: Spec) -> None:
+    """Register (or replace) the spec of ``cls``; subclasses inherit it unless they override
+    one of ``spec.dynamics``."""
+    spec.owner = cls
+    _REGISTRY[cls] = spec
+
+
+def register_linear(
+    cls: type, shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
+) -> None:
+    """Declare ``cls`` a linear map (exact under SAF).
+
+    If it adds a constant, pass ``shift(module, out, sample_ndim)`` returning that constant
+    broadcastable against one sample's output (``sample_ndim`` dims); SAF scales it by c[t].
+    """
+    register(cls, Spec("linear", shift=shift))
+
+
+def load_adapters() -> None:
+    """Import the adapters of the libraries the user has imported (never import them ourselves)."""
+    from .adapters import torch_nn  # noqa: F401
+
+    for lib, adapter in _ADAPTERS.items():
+        if lib in sys.modules:
+            importlib.import_module(adapter)
+
+
+def lookup(module: nn.Module) -> Optional[Spec]:
+    """The spec of the nearest registered class in ``type(module).__mro__``, or None.
+
+    A subclass that overrides one of the spec's ``dynamics`` methods is not covered (None).
+    """
+    cls = getattr(type(module), "_saf_base", type(module))
+    for klass in cls.__mro__:
+        spec = _REGISTRY.get(klass)
+        if spec is None:
+            continue
+        for name in spec.dynamics:
+            if getattr(cls, name, None) is not getattr(klass, name, None):
+                return None
+        return spec
+    return None
