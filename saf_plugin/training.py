@@ -1,0 +1,327 @@
+"""Training loops for models switched to SAF (and, for comparison, plain BPTT).
+
+``train_step`` runs one sequence ``x_seq`` of shape [T, B, ...] (time first) through a
+SpikingJelly or snnTorch model and backpropagates the way the model's SAF mode asks
+(``../shared/SAF.md``):
+
+- SAF-E (``set_saf(net, "E")``): a loss at every step, L = Σ_t loss_fn(o[t], target[t]).
+  In step mode 's' (and for snnTorch) each step runs forward and backward on its own, so
+  memory is flat in T. ``online=True`` steps the optimizer after every step (OTTT_O);
+  otherwise gradients accumulate and the optimizer steps once per sequence (OTTT_A).
+  In step mode 'm' the whole sequence runs at once and one backward follows (each step's
+  graph still stands alone, but all T of them are alive together).
+- SAF-F (``set_saf(net, "F")``): steps 0..T−2 run without autograd; the loss is taken once,
+  on the spike representation at the final step, L = loss_fn(r[T−1], target[T−1]).
+- No SAF (``saf_mode(net) is None``): BPTT, L = Σ_t loss_fn(o[t], target[t]), one backward.
+
+``train_epoch`` wraps it over a DataLoader with a tqdm bar and reports loss, accuracy,
+seconds and peak memory. :class:`SavedTensorMeter` counts the bytes autograd keeps for
+backward (``torch.autograd.graph.saved_tensors_hooks``); the tests and the benchmark use it.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .convert import saf_mode
+from .errors import SAFStateError
+
+__all__ = ["reset_state", "train_step", "train_epoch", "EpochStats", "SavedTensorMeter"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# --------------------------------------------------------------------------- state
+
+
+def reset_state(net: nn.Module) -> None:
+    """Reset every neuron's state in ``net`` through its library's own mechanism.
+
+    SpikingJelly: ``functional.reset_net(net)`` (resets SAF memories too). snnTorch: the
+    ``reset_mem()`` of every neuron found by walking ``net.modules()`` (never the global
+    ``SpikingNeuron.instances`` registry, which misses deep copies and resets unrelated nets).
+    """
+    sj = sys.modules.get("spikingjelly.activation_based.base")
+    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
+    sj_mem = getattr(sj, "MemoryModule", None)
+    sn_neuron = getattr(sn, "SpikingNeuron", None)
+    has_sj = False
+    for m in net.modules():
+        if sj_mem is not None and isinstance(m, sj_mem):
+            has_sj = True
+        elif sn_neuron is not None and isinstance(m, sn_neuron):
+            reset = getattr(m, "reset_mem", None)
+            if reset is not None:
+                reset()
+    if has_sj:
+        from spikingjelly.activation_based import functional
+
+        functional.reset_net(net)
+
+
+def _step_mode(net: nn.Module) -> str:
+    ctx = getattr(net, "_saf_root_ctx", None)
+    if ctx is not None:
+        return ctx.step_mode
+    for m in net.modules():
+        mode = getattr(m, "step_mode", None)
+        if isinstance(mode, str) and hasattr(m, "_memories"):
+            return mode
+    return "s"
+
+
+def _first(y):
+    """The output of a model step: the first element of a tuple (snnTorch returns (spk, mem))."""
+    return y[0] if isinstance(y, (tuple, list)) else y
+
+
+def _target_at(target: Tensor, t: int, per_step: bool) -> Tensor:
+    return target[t] if per_step else target
+
+
+# --------------------------------------------------------------------------- one sequence
+
+
+def train_step(
+    net: nn.Module,
+    x_seq: Tensor,
+    target: Tensor,
+    loss_fn: LossFn,
+    optimizer: Optional[torch.optim.Optimizer] = None,
+    *,
+    online: bool = False,
+    per_step_target: bool = False,
+    reset: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Train on one sequence; return ``(loss, out_seq)``, both detached.
+
+    ``x_seq``: [T, B, ...]. ``target``: the target of every step (e.g. class indices [B]),
+    or with ``per_step_target=True`` one per step, [T, ...]. ``loss_fn(out, target)`` gives
+    a scalar. ``out_seq`` is [T, B, ...]: o[t] under SAF-E and BPTT, the spike representation
+    r[t] under SAF-F. ``loss`` is what was backpropagated (see the module docstring).
+
+    With ``optimizer=None`` gradients are only accumulated into ``.grad`` (the caller zeroes
+    and steps); with an optimizer, ``zero_grad`` is called first and ``step`` after the
+    sequence (``online=False``) or after every step (``online=True``, SAF-E only).
+    The model's state is reset before the sequence (``reset=False`` continues it).
+    """
+    if x_seq.dim() < 2:
+        raise ValueError(f"x_seq must be time-first [T, B, ...]; got shape {tuple(x_seq.shape)}")
+    mode = saf_mode(net)
+    T = x_seq.shape[0]
+    if per_step_target and target.shape[0] != T:
+        raise ValueError(f"per_step_target=True needs target [T={T}, ...]; got {tuple(target.shape)}")
+    if online and optimizer is None:
+        raise ValueError("online=True steps the optimizer every time step: pass an optimizer")
+    if online and mode != "E":
+        raise SAFStateError(f"online=True needs SAF-E (set_saf(net, 'E')); the model is in "
+                            f"mode {mode!r}")
+    if reset:
+        reset_state(net)
+    if optimizer is not None:
+        optimizer.zero_grad()
+    step_mode = _step_mode(net)
+
+    if mode == "F":
+        tgt = _target_at(target, T - 1, per_step_target)
+        if step_mode == "m":
+            out = _first(net(x_seq))
+            loss = loss_fn(out[-1], tgt)
+            loss.backward()
+            outs = out.detach()
+        else:
+            outs_l = []
+            with torch.no_grad():
+                for t in range(T - 1):
+                    outs_l.append(_first(net(x_seq[t])).detach())
+            y = _first(net(x_seq[T - 1]))
+            loss = loss_fn(y, tgt)
+            loss.backward()
+            outs = torch.stack(outs_l + [y.detach()])
+        if optimizer is not None:
+            optimizer.step()
+        return loss.detach(), outs
+
+    if mode == "E" and step_mode == "s":
+        total = x_seq.new_zeros(())
+        outs_l = []
+        for t in range(T):
+            if online and t > 0:
+                optimizer.zero_grad()
+            y = _first(net(x_seq[t]))
+            loss = loss_fn(y, _target_at(target, t, per_step_target))
+            loss.backward()
+            if online:
+                optimizer.step()
+            total = total + loss.detach()
+            outs_l.append(y.detach())
+        if optimizer is not None and not online:
+            optimizer.step()
+        return total, torch.stack(outs_l)
+
+    # SAF-E in step mode 'm', or BPTT (no SAF): the whole sequence, one backward
+    if step_mode == "m":
+        out = _first(net(x_seq))
+    else:
+        out = torch.stack([_first(net(x_seq[t])) for t in range(T)])
+    loss = sum(loss_fn(out[t], _target_at(target, t, per_step_target)) for t in range(T))
+    loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+    return loss.detach(), out.detach()
+
+
+# --------------------------------------------------------------------------- an epoch
+
+
+@dataclass
+class EpochStats:
+    """What :func:`train_epoch` reports: mean loss per sequence, accuracy in [0, 1], wall
+    seconds, and peak memory in bytes (``torch.cuda.max_memory_allocated`` on CUDA, else the
+    process's peak resident set size, which never decreases)."""
+
+    loss: float
+    accuracy: float
+    seconds: float
+    peak_memory: int
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process in bytes (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def prediction(out_seq: Tensor, mode: Optional[str]) -> Tensor:
+    """Class scores [B, C] from an output sequence [T, B, C]: the spike representation at
+    the last step (SAF-F), else Σ_t o[t]."""
+    return out_seq[-1] if mode == "F" else out_seq.sum(0)
+
+
+def train_epoch(
+    net: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    T: Optional[int] = None,
+    online: bool = False,
+    device: Optional[torch.device | str] = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> EpochStats:
+    """One epoch of :func:`train_step` over ``loader``, which yields ``(x, y)`` with class
+    indices ``y`` [B].
+
+    ``x`` is [B, T, ...] (sequences, batch first as DataLoaders give them), or with ``T``
+    given a static [B, ...] repeated T times (direct encoding, as OTTT's CIFAR setup).
+    """
+    from tqdm.auto import tqdm
+
+    dev = torch.device(device) if device is not None else None
+    cuda = dev is not None and dev.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    net.train()
+    mode = saf_mode(net)
+    n = correct = 0
+    total_loss = 0.0
+    batches = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for x, y in bar:
+        if dev is not None:
+            x, y = x.to(dev), y.to(dev)
+        x_seq = x.unsqueeze(0).expand(T, *x.shape) if T is not None else x.transpose(0, 1)
+        loss, out = train_step(net, x_seq, y, loss_fn, optimizer, online=online)
+        total_loss += float(loss)
+        batches += 1
+        correct += int((prediction(out, mode).argmax(-1) == y).sum())
+        n += y.shape[0]
+        bar.set_postfix(loss=f"{total_loss / batches:.4f}", acc=f"{correct / max(n, 1):.3f}")
+    if cuda:
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated(dev) if cuda else peak_rss_bytes()
+    return EpochStats(total_loss / max(batches, 1), correct / max(n, 1), seconds, int(peak))
+
+
+# --------------------------------------------------------------------------- memory meter
+
+
+class _Packed:
+    __slots__ = ("tensor", "key", "meter")
+
+    def __init__(self, tensor: Tensor, key, meter: "SavedTensorMeter"):
+        self.tensor, self.key, self.meter = tensor, key, meter
+
+    def __del__(self):
+        self.meter._release(self.key)
+
+
+class SavedTensorMeter:
+    """Bytes autograd keeps alive for backward, counted through ``saved_tensors_hooks``.
+
+    Each storage is counted once while any saved tensor refers to it; ``peak`` is the most
+    bytes alive at any moment inside the ``with`` block, ``total`` everything ever saved.
+    Parameters and the storages of the tensors in ``exclude`` (e.g. the input sequence, whose
+    steps x[t] are views of one [T, ...] storage) are alive anyway and are skipped::
+
+        with SavedTensorMeter() as meter:
+            train_step(net, x_seq, y, loss_fn)
+        meter.peak
+    """
+
+    def __init__(self, *, skip_parameters: bool = True, exclude: Iterable[Tensor] = ()):
+        self.skip_parameters = skip_parameters
+        self._excluded = {t.untyped_storage().data_ptr() for t in exclude}
+        self.live = 0
+        self.peak = 0
+        self.total = 0
+        self._refs: dict = {}
+        self._ctx = None
+
+    def _pack(self, t: Tensor):
+        if self.skip_parameters and isinstance(t, nn.Parameter):
+            return t
+        try:
+            st = t.untyped_storage()
+            key, nbytes = (st.data_ptr(), t.device), st.nbytes()
+        except (RuntimeError, NotImplementedError):  # pragma: no cover - exotic tensors
+            return t
+        if key[0] in self._excluded:
+            return t
+        count, size = self._refs.get(key, (0, nbytes))
+        if count == 0:
+            self.live += size
+            self.total += size
+            self.peak = max(self.peak, self.live)
+        self._refs[key] = (count + 1, size)
+        return _Packed(t, key, self)
+
+    @staticmethod
+    def _unpack(p):
+        return p.tensor if isinstance(p, _Packed) else p
+
+    def _release(self, key) -> None:
+        count, size = self._refs[key]
+        if count == 1:
+            del self._refs[key]
+            self.live -= size
+        else:
+            self._refs[key] = (count - 1, size)
+
+    def __enter__(self) -> "SavedTensorMeter":
+        self._ctx = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self._ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
