@@ -4,7 +4,7 @@ How a converted model runs (``../shared/SAF.md``):
 
 - The *entry* module (the outermost module that is first in the model) accumulates the network
   input with the first neuron's decay: â_x[t] = λ â_x[t−1] + x[t].
-- Affine modules add their constant β scaled by the series: y = A â + β c[t] (the extra
+- Affine modules add their constant β scaled by the series: y = A â + β c[t] (in SAF-E the extra
   (c[t] − 1) β is added detached, so a bias gets OTTT's gradient δ rather than c[t] δ).
 - Neurons receive Y[t] and pass on â[t] (:mod:`saf_plugin.core`); a neuron whose decay differs
   from its sender's re-accumulates its input.
@@ -265,18 +265,24 @@ def saf_layer_forward(module: nn.Module, base: type, args: tuple, kwargs: dict):
 
 
 def _add_series(ctx: SAFContext, module: nn.Module, spec: Spec, out: Tensor) -> Tensor:
-    """out + (c[t] − 1) β with β detached: Y = A â + β c[t], bias gradient δ (as OTTT)."""
+    """out + (c[t] − 1) β, so that Y = A â + β c[t].
+
+    SAF-E detaches the added part: a bias then gets OTTT's gradient δ (not c[t] δ). SAF-F
+    keeps it: d/dβ of the spike representation Y/c[t] is then the Spike Representation's.
+    """
     unfolded = _is_unfolded(module)
     sample_ndim = out.dim() - 1 - (1 if (ctx.step_mode == "m" and unfolded) else 0)
     shift = spec.shift(module, out, sample_ndim)
     if shift is None:
         return out
+    if ctx.mode == "E":
+        shift = shift.detach()
     c = ctx.series(ctx.decay, like=out) - 1.0
     if ctx.step_mode == "s":
-        return out + c[0] * shift.detach() if ctx.t > 0 else out
+        return out + c[0] * shift if ctx.t > 0 else out
     view = ctx.time_view(out, folded=not unfolded)
     coef = c.view(-1, *([1] * (view.dim() - 1)))
-    return (view + coef * shift.detach()).reshape(out.shape)
+    return (view + coef * shift).reshape(out.shape)
 
 
 def _layer_class(cls: type) -> type:
