@@ -18,13 +18,15 @@ from . import core
 @dataclass
 class NeuronParams:
     """decay λ (a float), its learnable form (a tensor with grad, or None), threshold θ, the
-    input scale (1 − λ with SpikingJelly's ``decay_input``, else 1) and the surrogate."""
+    input scale (1 − λ with SpikingJelly's ``decay_input``, else 1), the surrogate, and the
+    scan backend of :mod:`saf_plugin.kernels` for step mode 'm'."""
 
     decay: float
     decay_param: Optional[Tensor]
     theta: float
     input_scale: Optional[float]
     surrogate: Callable[[Tensor], Tensor]
+    backend: str = "auto"
 
     @property
     def decay_input(self) -> bool:
@@ -74,6 +76,13 @@ def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
     c = ctx.series(p.decay, like=x) if ctx.mode == "F" else None
     if ctx.step_mode == "s":
         out = step(ctx, x, st, p, None if c is None else c[0])
+    elif p.decay_param is None and ctx.decay == p.decay and st.z_prev is None:
+        from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
+
+        out, st.acc = kernels.scan(x, st.acc, lam=p.decay, theta=p.theta,
+                                   input_scale=p.input_scale, surrogate=p.surrogate,
+                                   mode=ctx.mode, c_last=None if c is None else c[-1],
+                                   backend=p.backend)
     else:
         steps = []
         last = x.shape[0] - 1
