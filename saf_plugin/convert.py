@@ -45,11 +45,12 @@ def _walk(net: nn.Module) -> Iterator[tuple[str, nn.Module, Optional[Spec]]]:
         if any(path.startswith(p + ".") for p in skip):
             continue
         spec = lookup(module)
-        if spec is not None and spec.role == "neuron":
+        if spec is not None and spec.role in ("neuron", "stateful"):
             skip.append(path)
             yield path, module, spec
-        elif next(module.children(), None) is None:
-            yield path, module, spec
+        elif next(module.children(), None) is None or (
+                spec is not None and spec.role == "container" and spec.judge is not None):
+            yield path, module, spec  # leaves, and containers that are judged as a whole
 
 
 def _judge(path: str, module: nn.Module, spec: Optional[Spec]) -> Finding:
@@ -63,7 +64,7 @@ def _judge(path: str, module: nn.Module, spec: Optional[Spec]) -> Finding:
             f"if {name} is linear, call saf_plugin.register_linear({name}, shift=...) before "
             "set_saf; otherwise replace it",
         )
-    if spec.role == "container":
+    if spec.role == "container" and spec.judge is None:
         return Finding(path, name, "exact", "empty container", "")
     if spec.judge is None:
         return Finding(path, name, "exact", f"{spec.role} map", "")

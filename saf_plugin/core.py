@@ -35,6 +35,8 @@ __all__ = [
     "deaccumulate",
     "bias_series",
     "reaccumulate_step",
+    "lif_spike",
+    "spike_representation",
     "saf_e_step",
     "saf_f_step",
     "decay_gradient_term",
@@ -97,25 +99,59 @@ def reaccumulate_step(
     return z + (lam_out * y_prev.detach() - lam_in * z_prev.detach())
 
 
+def lif_spike(
+    y: Tensor,
+    acc_prev: Optional[Tensor],
+    lam: Lam,
+    theta: Union[float, Tensor],
+    surrogate: Surrogate,
+    *,
+    reset_decay: Optional[Lam] = None,
+) -> tuple[Tensor, Tensor]:
+    """The spike and membrane of one SAF step: u[t] = Y[t] − θ κ â[t−1], s[t] = H(u[t] − θ).
+
+    κ (``reset_decay``) is the factor of â[t−1] in the reset term: λ (the default; SpikingJelly,
+    and snnTorch with ``reset_delay=False``), 1 (snnTorch's default ``reset_delay=True``, whose
+    reset subtracts θ s[t−1] without the decay) or 0 (no reset). â[t−1] is detached.
+    Returns (s[t], u[t]).
+    """
+    if acc_prev is None:
+        u = y
+    else:
+        kappa = lam if reset_decay is None else reset_decay
+        u = y - (theta * kappa) * acc_prev.detach()
+    return surrogate(u - theta), u
+
+
+def spike_representation(y: Tensor, theta: Union[float, Tensor], c: Union[float, Tensor]) -> Tensor:
+    """The Spike Representation of a soft-reset LIF in accumulated units: min(max(Y, 0)/θ, c[t])."""
+    rep = torch.clamp(y, min=0.0) / theta
+    return torch.minimum(rep, torch.as_tensor(c, dtype=y.dtype, device=y.device))
+
+
 def saf_e_step(
     y: Tensor,
     acc_prev: Optional[Tensor],
     lam: Lam,
     theta: float,
     surrogate: Surrogate,
+    *,
+    reset_decay: Optional[Lam] = None,
 ) -> tuple[Tensor, Tensor]:
     """SAF-E neuron step on the (scaled) accumulated input ``y`` = Y[t].
 
     u[t] = Y[t] − θ λ â[t−1];  s[t] = H(u[t] − θ) (surrogate in backward);
     â[t] = λ â[t−1] + s[t].  â[t−1] is a constant (detached), so the graph of step t
-    stands alone.  Returns (â[t], u[t]).
+    stands alone.  ``reset_decay`` replaces the λ of the reset term (see :func:`lif_spike`).
+    Returns (â[t], u[t]).
     """
     if acc_prev is None:
         u = y
         acc = surrogate(u - theta)
     else:
         prev = acc_prev.detach()
-        u = y - (theta * lam) * prev
+        kappa = lam if reset_decay is None else reset_decay
+        u = y - (theta * kappa) * prev
         acc = lam * prev + surrogate(u - theta)
     return acc, u
 
@@ -126,18 +162,22 @@ def saf_f_step(
     lam: Lam,
     theta: float,
     c: Union[float, Tensor],
+    *,
+    reset_decay: Optional[Lam] = None,
+    spike_fn: Optional[Surrogate] = None,
 ) -> tuple[Tensor, Tensor]:
     """SAF-F neuron step: the same forward as :func:`saf_e_step`, the Spike Representation
     gradient in backward.
 
     In rate units a = â[t]/c[t], ȳ = Y[t]/c[t] the Spike Representation of a soft-reset LIF
     is a ≈ clamp(ȳ/θ, 0, 1), so the backward is dâ/dY = 1[0 < Y < θ c[t]] / θ.
-    Returns (â[t], u[t]).
+    ``spike_fn`` is the forward Heaviside (default H(x) = [x >= 0]; snnTorch's surrogates use
+    [x > 0]); ``reset_decay`` as in :func:`lif_spike`.  Returns (â[t], u[t]).
     """
     with torch.no_grad():
-        acc, u = saf_e_step(y, acc_prev, lam, theta, _heaviside)
-    rep = torch.clamp(y, min=0.0) / theta
-    rep = torch.minimum(rep, torch.as_tensor(c, dtype=y.dtype, device=y.device))
+        acc, u = saf_e_step(y, acc_prev, lam, theta, spike_fn or _heaviside,
+                            reset_decay=reset_decay)
+    rep = spike_representation(y, theta, c)
     return acc + (rep - rep.detach()), u
 
 
