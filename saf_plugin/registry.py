@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .errors import Status
 
-Role = Literal["neuron", "linear", "nonlinear", "container"]
+Role = Literal["neuron", "linear", "nonlinear", "container", "stateful"]
 Judgement = tuple[Status, str, str]  # status, reason, fix
 
 
@@ -42,7 +42,9 @@ class Spec:
     """What a module class is to SAF.
 
     role:     "neuron", "linear" (a linear or affine map: exact), "nonlinear" (not exact;
-              ``judge`` says approximate or unsupported), "container" (only its children count).
+              ``judge`` says approximate or unsupported), "container" (only its children count),
+              "stateful" (a catch-all for a library's neuron/state base class: reported as one
+              module, its children not walked).
     judge:    module -> (status, reason, fix); None means "exact".
     shift:    for affine maps, module -> the additive constant β of one sample's output
               (e.g. a Linear's bias), which SAF must scale by the series c[t]; None if linear.
@@ -120,15 +122,14 @@ def load_adapters() -> None:
 def lookup(module: nn.Module) -> Optional[Spec]:
     """The spec of the nearest registered class in ``type(module).__mro__``, or None.
 
-    A subclass that overrides one of the spec's ``dynamics`` methods is not covered (None).
+    A subclass that overrides one of a spec's ``dynamics`` methods is not covered by it; the
+    search goes on up the MRO (to a library's catch-all base class, if registered).
     """
     cls = getattr(type(module), "_saf_base", type(module))
     for klass in cls.__mro__:
         spec = _REGISTRY.get(klass)
         if spec is None:
             continue
-        for name in spec.dynamics:
-            if getattr(cls, name, None) is not getattr(klass, name, None):
-                return None
-        return spec
+        if all(getattr(cls, n, None) is getattr(klass, n, None) for n in spec.dynamics):
+            return spec
     return None

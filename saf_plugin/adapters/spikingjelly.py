@@ -9,7 +9,7 @@ not updated under SAF (SAF never needs it).
 from __future__ import annotations
 
 import torch
-from spikingjelly.activation_based import layer, neuron
+from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
 
 from .. import neuron_step
@@ -96,6 +96,18 @@ _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
 for _cls in (neuron.LIFNode, neuron.IFNode, neuron.ParametricLIFNode, neuron.OTTTLIFNode,
              neuron.SLTTLIFNode):
     register(_cls, Spec("neuron", judge=judge_neuron, neuron=ADAPTER, dynamics=_DYNAMICS))
+
+
+def judge_unknown_state(m: nn.Module):
+    name = type(m).__name__
+    return ("unsupported",
+            f"{name} is a stateful SpikingJelly module (neuron or memory) whose dynamics SAF "
+            "does not know; SAF is exact only for soft-reset LIF/IF/ParametricLIF neurons "
+            "(including OTTT/SLTT) and a subclass that overrides their dynamics is not covered",
+            "use neuron.LIFNode / IFNode / ParametricLIFNode with v_reset=None")
+
+
+register(base.MemoryModule, Spec("stateful", judge=judge_unknown_state, dynamics=()))
 
 
 def repair_maxpool(m: nn.Module):

@@ -82,7 +82,8 @@ for _cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
     register_linear(_cls)
 register(nn.modules.batchnorm._BatchNorm,
          Spec("linear", judge=judge_batchnorm, shift=batchnorm_shift, runtime=True))
-register(nn.modules.dropout._DropoutNd, Spec("linear", judge=judge_dropout, runtime=True))
+for _cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
+    register(_cls, Spec("linear", judge=judge_dropout, runtime=True))
 for _cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
     register(_cls, Spec("nonlinear", judge=judge_maxpool, repair=repair_maxpool))
 for _cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):

@@ -1,0 +1,212 @@
+"""set_saf round trip, check/fix, and every refusal (with the model left untouched)."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron
+from torch import nn
+
+import saf_plugin
+from saf_plugin import SAFIncompatibleError
+import sj_models as M
+
+
+def fingerprint(net):
+    """Everything set_saf might disturb: classes, attribute names, state, parameter objects."""
+    return (
+        [(n, type(m)) for n, m in net.named_modules()],
+        [(n, sorted(m.__dict__)) for n, m in net.named_modules()],
+        [(n, sorted(getattr(m, "_memories", {}))) for n, m in net.named_modules()],
+        {k: v.clone() for k, v in net.state_dict().items()},
+        [id(p) for p in net.parameters()],
+    )
+
+
+def assert_same(a, b):
+    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[4] == b[4]
+    assert a[3].keys() == b[3].keys()
+    for k in a[3]:
+        assert torch.equal(a[3][k], b[3][k]), k
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_round_trip_leaves_nothing_behind(float64, step_mode):
+    net = M.strengthen(M.conv(), gain=2.0, bias=0.5)
+    functional.set_step_mode(net, step_mode)
+    calls = []
+    net[0].register_forward_hook(lambda m, i, o: calls.append(1))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.rand(5, 4, 2, 8, 8)
+    before, ref = fingerprint(net), M.run(net, x, step_mode)
+    keys = list(net.state_dict())
+
+    saf_plugin.set_saf(net, "E")
+    assert saf_plugin.saf_mode(net) == "E"
+    assert list(net.state_dict()) == keys, "state_dict keys survive the switch"
+    assert [id(p) for g in opt.param_groups for p in g["params"]] == before[4]
+    n = len(calls)
+    M.run(net, x, step_mode)
+    assert len(calls) > n, "user hooks still fire under SAF"
+    saf_plugin.set_saf(net, "E")  # twice is safe
+    saf_plugin.set_saf(net, "F")  # and E -> F
+    assert saf_plugin.saf_mode(net) == "F"
+    M.run(net, x, step_mode)
+
+    saf_plugin.set_saf(net, None)
+    assert saf_plugin.saf_mode(net) is None
+    assert_same(fingerprint(net), before)
+    assert not any("SAF" in type(m).__name__ for m in net.modules())
+    assert torch.equal(M.run(net, x, step_mode), ref)
+    saf_plugin.set_saf(net, None)  # reverting a plain model is a no-op
+
+
+def test_training_under_saf_updates_the_users_parameters(float64):
+    net = M.strengthen(M.mlp(), gain=2.0, bias=0.5)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    w0 = net[1].weight.detach().clone()
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    for x in torch.rand(4, 6, 12):
+        opt.zero_grad()
+        net(x).pow(2).mean().backward()
+        opt.step()
+    saf_plugin.set_saf(net, None)
+    assert not torch.equal(net[1].weight, w0)
+
+
+def test_reset_net_resets_saf_state_and_deepcopy_works(float64):
+    net = M.strengthen(M.mlp(), gain=2.0, bias=0.5)
+    x = torch.rand(6, 6, 12)
+    ref = M.run(net, x, "s")
+    saf_plugin.set_saf(net, "E")
+    first = M.run(net, x, "s")
+    second = M.run(net, x, "s")  # reset_net between: the same sequence gives the same output
+    assert torch.equal(first, second)
+    clone = copy.deepcopy(net)
+    assert saf_plugin.saf_mode(clone) == "E"
+    torch.testing.assert_close(M.run(clone, x, "s"), ref, rtol=0, atol=1e-12)
+    saf_plugin.set_saf(clone, None)
+    assert saf_plugin.saf_mode(net) == "E", "the copy has its own SAF state"
+    torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
+
+
+def test_state_dict_saved_under_saf_loads_into_the_plain_model(float64, tmp_path):
+    net = M.mlp()
+    saf_plugin.set_saf(net, "E")
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    plain = M.mlp()
+    plain.load_state_dict(torch.load(tmp_path / "w.pt"))
+    saf_plugin.set_saf(net, None)
+    for a, b in zip(net.parameters(), plain.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_input_shape_change_without_reset_is_an_error(float64):
+    net = M.mlp()
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    net(torch.rand(4, 12))
+    with pytest.raises(saf_plugin.SAFStateError, match="reset_net"):
+        net(torch.rand(3, 12))
+
+
+# ----------------------------------------------------------------------------- check / refusals
+
+
+def test_check_reports_every_module_with_path(float64):
+    net = M.residual()
+    findings = saf_plugin.check(net)
+    paths = [f.path for f in findings]
+    assert "2.sn1" in paths and "2.conv2" in paths and "5" in paths
+    assert all(f.status == "exact" for f in findings), [f.line() for f in findings]
+
+
+def refusal_models():
+    def with_(module, at=2):
+        net = M.mlp()
+        net.insert(at, module)
+        return net
+
+    bn_train = nn.Sequential(layer.Conv2d(2, 4, 3), layer.BatchNorm2d(4), M.lif(), layer.Flatten())
+    return {
+        "maxpool": (nn.Sequential(layer.Conv2d(2, 4, 3), M.lif(), layer.MaxPool2d(2), layer.Flatten()),
+                    "2", "approximate", "average pooling"),
+        "hard_reset": (nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(), layer.Linear(4, 2)),
+                       "1", "unsupported", "v_reset=None"),
+        "bn_train": (bn_train, "1", "approximate", "BatchNorm"),
+        "nn_dropout": (with_(nn.Dropout(0.5), 3), "3", "approximate", "layer.Dropout"),
+        "unknown_neuron": (with_(neuron.EIFNode(), 3), "3", "unsupported", "EIFNode"),
+        "relu": (with_(nn.ReLU(), 3), "3", "unsupported", "register_linear"),
+    }
+
+
+@pytest.mark.parametrize("case", list(refusal_models()))
+def test_refusals_name_path_cause_and_fix_and_leave_the_model_untouched(float64, case):
+    net, path, status, hint = refusal_models()[case]
+    net.train()
+    finding = next(f for f in saf_plugin.check(net) if f.path == path)
+    assert finding.status == status and finding.reason and finding.fix
+    before = fingerprint(net)
+    with pytest.raises(SAFIncompatibleError) as err:
+        saf_plugin.set_saf(net, "E")
+    msg = str(err.value)
+    assert f"\n  {path} (" in msg and hint in msg and "nothing was changed" in msg
+    assert [f.path for f in err.value.findings] == [path]
+    assert_same(fingerprint(net), before)
+    if status == "approximate":
+        with pytest.warns(UserWarning, match=path):
+            saf_plugin.set_saf(net, "E", strict=False)
+        saf_plugin.set_saf(net, None)
+    else:
+        with pytest.raises(SAFIncompatibleError):
+            saf_plugin.set_saf(net, "E", strict=False)
+    assert_same(fingerprint(net), before)
+
+
+def test_unknown_mode_is_a_value_error(float64):
+    net = M.mlp()
+    before = fingerprint(net)
+    with pytest.raises(ValueError, match="'E', 'F' and None"):
+        saf_plugin.set_saf(net, "X")
+    assert_same(fingerprint(net), before)
+
+
+def test_model_without_neurons_is_refused():
+    with pytest.raises(SAFIncompatibleError, match="no spiking neuron"):
+        saf_plugin.set_saf(nn.Sequential(nn.Linear(2, 2)), "E")
+
+
+def test_batchnorm_switched_to_train_after_set_saf_raises_at_run_time(float64):
+    net = M.conv()  # BatchNorm in eval: exact
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    net(torch.rand(2, 2, 8, 8))
+    net.train()
+    with pytest.raises(SAFIncompatibleError, match="1 .BatchNorm2d"):
+        net(torch.rand(2, 2, 8, 8))
+
+
+def test_subclass_overriding_dynamics_is_not_silently_covered(float64):
+    class MyLIF(neuron.LIFNode):
+        def single_step_functional_forward(self, inputs, states, **kw):
+            return super().single_step_functional_forward(inputs, states, **kw)
+
+    net = nn.Sequential(layer.Linear(4, 4), MyLIF(v_reset=None))
+    assert saf_plugin.check(net)[1].status == "unsupported"
+
+
+def test_fix_repairs_maxpool_and_hard_reset(float64):
+    net = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), neuron.LIFNode(tau=2.0),
+                        layer.MaxPool2d(2), layer.Flatten(), layer.Linear(16, 2))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    changes = saf_plugin.fix(net)
+    assert {c.path for c in changes} == {"1", "2"}
+    assert isinstance(net[2], layer.AvgPool2d) and net[2].kernel_size == 2
+    assert net[1].v_reset is None
+    assert [p for g in opt.param_groups for p in g["params"]] == list(net.parameters())
+    assert all(f.status == "exact" for f in saf_plugin.check(net))
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    net(torch.rand(2, 2, 4, 4))
