@@ -1,0 +1,313 @@
+"""snnTorch 1.0 (``snntorch``): ``snn.Leaky`` under SAF, and what is refused.
+
+The neuron snnTorch runs (``_neurons/leaky.py``, ``neurons.py``; β = ``beta.clamp(0, 1)``,
+θ = ``threshold``, g = ``graded_spikes_factor``, r[t] = H(mem[t−1] − θ) detached)::
+
+    reset_delay=True  (default):  mem[t] = β mem[t−1] + I[t] − θ r[t],   r[t] = s[t−1]
+    reset_delay=False:            m[t]   = β mem[t−1] + I[t] − θ r[t]
+                                  mem[t] = m[t] − θ (s[t] − r[t])
+    reset "none":                 mem[t] = β mem[t−1] + I[t]
+    spk[t] = g s[t],   s[t] = H(m[t] − θ)  (H(x) = [x > 0], surrogate in backward)
+
+With â[t] = β â[t−1] + s[t] (unscaled spikes) and Y[t] = Σ_k β^k I[t−k] these unroll to
+
+    reset_delay=True:   u[t] = Y[t] − θ â[t−1]                (core: reset_decay κ = 1)
+    reset_delay=False:  u[t] = Y[t] − θ (β â[t−1] + r[t])     (κ = β; r[t] = H(mem[t−1] − θ)
+                        mem[t] = Y[t] − θ â[t]                  is almost always 0)
+    reset "none":       u[t] = Y[t]                           (κ = 0)
+
+so the snnTorch reset without decay is the SAF step with κ = 1. The layer passes on the
+accumulation of its graded spikes, ô[t] = β ô[t−1] + g s[t] (= â when g = 1).
+
+Under SAF a converted ``Leaky`` returns what snnTorch returns, with the spike slot holding ô[t]
+for hidden neurons (the next layer needs the accumulation) and the real spikes g s[t] at the
+model's exit. The membrane slot always holds the true membrane mem[t], so ``mem_rec`` lists and
+membrane losses do not change. ``self.mem`` is kept equal to snnTorch's.
+
+SAF state follows snnTorch's own state: a neuron is reset when its ``mem`` is no longer the
+tensor SAF stored (``utils.reset`` / ``reset_hidden``, ``reset_mem``, ``init_leaky``, passing
+a new ``mem``) or when its shape differs from the input's (a new batch size). Nothing here uses
+``SpikingNeuron.instances``. A foreign nonzero ``mem`` (SAF cannot start from a charged
+membrane) and a neuron reset in the middle of a sequence raise :class:`SAFStateError`.
+
+Gradients (history detached, as OTTT's instantaneous gradient): ∂mem[t]/∂β = mem[t−1] for a
+learnable β, ∂mem[t]/∂θ = −r[t] for a learnable θ (plus −1 through the spike), d spk/dg = s[t].
+
+Losses of ``snntorch.functional`` on SAF-E outputs (spikes [T, B, C] stacked by the user):
+
+- decompose per step (sum over t of a term of step t alone, so an online per-step backward
+  gives the same gradient): ``ce_rate_loss``, ``mse_membrane_loss`` (on membranes), and
+  ``accuracy_rate`` is a metric on the stacked spikes, unchanged.
+- do not decompose (a function of the spike count Σ_t spk[t]): ``ce_count_loss``,
+  ``mse_count_loss`` (a per-step call truncates its targets to one step's count),
+  ``ce_max_membrane_loss`` (max over t), the temporal losses (first-spike times). They still work
+  on the stacked SAF-E outputs with one backward at the end (the outputs are the same spikes),
+  but then the graph of all T steps is kept; for online training use SAF-F with a count loss on
+  the spike representation, or a per-step loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import snntorch as snn
+import torch
+from torch import Tensor, nn
+
+from .. import core
+from ..errors import SAFStateError
+from ..registry import NeuronAdapter, Spec, register, register_linear
+from . import torch_nn
+
+_SAF_CLASSES: dict[type, type] = {}
+_SUBTRACT, _ZERO, _NONE = 0, 1, 2
+
+
+@dataclass
+class LeakyState:
+    """â[t−1] (unscaled), ô[t−1] (graded; None when g = 1), and the re-accumulation memory."""
+
+    acc: Optional[Tensor] = None
+    out: Optional[Tensor] = None
+    z_prev: Optional[Tensor] = None
+    y_prev: Optional[Tensor] = None
+
+
+def _beta(m: nn.Module) -> Tensor:
+    return m.beta.clamp(0, 1)
+
+
+def decay(m: nn.Module) -> float:
+    """λ = clamp(β, 0, 1) of a ``Leaky`` (one value per layer; the transport decay of ô)."""
+    return float(_beta(m).detach())
+
+
+def _graded_is_one(m: nn.Module) -> bool:
+    g = m.graded_spikes_factor
+    return not g.requires_grad and g.numel() == 1 and float(g) == 1.0
+
+
+def _forward(self, input_, mem=None):
+    """A converted ``Leaky``: same signature and return convention as ``Leaky.forward``."""
+    if mem is not None:
+        self.mem = mem
+    if self.init_hidden and mem is not None:
+        raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
+    ctx = self._saf_ctx
+    if self is ctx.entry:
+        input_ = ctx.enter(input_)
+    fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
+    if not self.mem.shape == input_.shape:
+        fresh = True
+        self.mem = torch.zeros_like(input_)
+    elif fresh and bool(self.mem.detach().ne(0).any()):
+        raise SAFStateError(
+            f"{self._saf_path}: the membrane holds values SAF did not compute (a nonzero initial "
+            "mem, or a state left from a run before set_saf); SAF starts from mem = 0: reset the "
+            "model first (snntorch.utils.reset(net), or mem = lif.init_leaky() / lif.reset_mem())")
+    if fresh != (ctx.t == 0):
+        raise SAFStateError(
+            f"{self._saf_path}: this neuron was {'reset' if fresh else 'not reset'} while the "
+            f"model input {'continues' if fresh else 'restarted'} (step {ctx.t}); under SAF reset "
+            "all neurons together before each sequence (utils.reset(net), or call init_leaky() / "
+            "reset_mem() on every neuron, before the first layer runs)")
+    if fresh:
+        self._saf_state = LeakyState()
+    st: LeakyState = self._saf_state
+    out, mem_new = _step(self, ctx, input_, st, None if fresh else self.mem)
+    ctx.decay = decay(self)
+    self.mem = mem_new
+    self._saf_mem_ref = mem_new
+    if self is ctx.exit:
+        if ctx.mode == "F":
+            out = out / ctx.series(ctx.decay, like=out)[0]
+        else:
+            out = out if self._saf_spk is None else self._saf_spk
+    self._saf_spk = None
+    if self.output or not self.init_hidden:
+        return out, mem_new
+    return out
+
+
+def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor]):
+    """One SAF step of a converted ``Leaky`` on x (the sender's accumulation, mapped).
+
+    Returns (ô[t] with graph, mem[t]); sets ``m._saf_spk`` = g s[t] (with graph) for the exit.
+    """
+    beta = _beta(m)
+    lam = float(beta.detach())
+    learn_beta = beta.requires_grad
+    theta = m.threshold
+    theta_d = theta.detach()
+    kind = int(m.reset_mechanism_val)
+    spike_fn = m.spike_grad
+    # input accumulated with the sender's decay -> with this layer's β
+    y = x
+    if learn_beta or ctx.decay != lam:
+        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, ctx.decay, lam)
+        st.z_prev, st.y_prev = x.detach(), y.detach()
+    if learn_beta and mem_prev is not None:  # ∂mem[t]/∂β = mem[t−1] (history detached)
+        y = y + (beta - lam) * mem_prev.detach()
+    if kind == _NONE:
+        kappa, r = 0.0, None
+    elif m.reset_delay:
+        kappa, r = 1.0, None
+    else:
+        kappa = lam
+        r = None if mem_prev is None else spike_fn(mem_prev.detach() - theta_d).detach()
+    need_r_t = theta.requires_grad and kind == _SUBTRACT and mem_prev is not None
+    r_t = r if (r is not None or not need_r_t) else spike_fn(mem_prev.detach() - theta_d).detach()
+    yy = y if r is None else y - theta * r
+    if need_r_t:  # snnTorch's per-step ∂mem/∂θ is −r[t]; SAF's reset term gives −(κ â + r)
+        extra = kappa * st.acc + (0.0 if r is None else r) - r_t
+        yy = yy + (theta - theta_d) * extra
+    th = theta if theta.requires_grad else theta_d
+    if ctx.mode == "F":
+        if kind == _NONE:
+            raise SAFStateError(
+                f"{m._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
+                "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
+        with torch.no_grad():
+            s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
+        rep = core.spike_representation(y, th, ctx.series(lam, like=y)[0])
+        s = s + (rep - rep.detach())
+        mem_new = u.detach() + (y - y.detach())
+    else:
+        s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
+        mem_new = u
+    if kind == _SUBTRACT and not m.reset_delay:
+        mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
+    acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
+    st.acc = acc.detach()
+    if _graded_is_one(m):
+        out, m._saf_spk = acc, s
+    else:
+        spk = s * m.graded_spikes_factor
+        out = core.accumulate_step(spk, st.out, lam)
+        st.out = out.detach()
+        m._saf_spk = spk
+    return out, mem_new
+
+
+def saf_class(cls: type) -> type:
+    if cls not in _SAF_CLASSES:
+        _SAF_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
+            "forward": _forward, "_saf_base": cls, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
+    return _SAF_CLASSES[cls]
+
+
+_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk")
+
+
+def attach(m: nn.Module) -> None:
+    m._saf_state, m._saf_mem_ref, m._saf_spk = LeakyState(), None, None
+
+
+def detach(m: nn.Module) -> None:
+    for name in _ATTRS:
+        m.__dict__.pop(name, None)
+
+
+def is_fresh(m: nn.Module) -> bool:
+    ref = m.__dict__.get("_saf_mem_ref")
+    return ref is None or m.mem is not ref
+
+
+def judge_leaky(m: nn.Module):
+    kind = int(m.reset_mechanism_val)
+    if kind == _ZERO:
+        return ("unsupported",
+                "reset_mechanism='zero' (hard reset) has no closed form in accumulations",
+                "saf_plugin.fix(net) switches it to reset_mechanism='subtract'; this changes the "
+                "model, so retrain or fine-tune")
+    if m.inhibition:
+        return ("unsupported", "inhibition=True couples neurons through an argmax at every step",
+                "use inhibition=False")
+    if m.state_quant:
+        return ("unsupported", "state_quant quantizes the membrane, which is not linear in the "
+                "accumulations", "use state_quant=False (quantize after training)")
+    if m.beta.numel() != 1:
+        return ("unsupported", f"per-neuron beta (shape {tuple(m.beta.shape)}): saf-plugin supports "
+                "one decay per layer", "use a scalar beta (learn_beta=True learns one per layer)")
+    if m.threshold.numel() != 1:
+        return ("unsupported", f"per-neuron threshold (shape {tuple(m.threshold.shape)})",
+                "use a scalar threshold (learn_threshold=True learns one per layer)")
+    if float(m.threshold.detach()) <= 0:
+        return ("unsupported", "threshold <= 0: snnTorch resets at t = 0 already",
+                "use a positive threshold")
+    return ("exact", "snnTorch Leaky: SAF forward equals its spikes and membrane", "")
+
+
+def fix_leaky(m: nn.Module) -> str:
+    """reset_mechanism 'zero' -> 'subtract', on the same object (``state_function`` too)."""
+    if int(m.reset_mechanism_val) != _ZERO:
+        return ""
+    m.reset_mechanism = "subtract"
+    m.state_function = m._base_sub
+    return "reset_mechanism='zero' -> 'subtract' (reset by subtraction)"
+
+
+ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                        is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True)
+register(snn.Leaky, Spec("neuron", judge=judge_leaky, neuron=ADAPTER, dynamics=(
+    "forward", "fire", "mem_reset", "_base_state_function", "_base_sub", "_base_int")))
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def _refuse(reason: str, fix_hint: str):
+    return lambda m: ("unsupported", reason, fix_hint)
+
+
+_SEQUENCE = "a sequence-level neuron (it processes all time steps in one call)"
+_REFUSED = {
+    "StateLeaky": (_SEQUENCE, "use snn.Leaky driven step by step"),
+    "LinearLeaky": (_SEQUENCE, "use nn.Linear followed by snn.Leaky"),
+    "LeakyParallel": (_SEQUENCE, "use snn.Leaky driven step by step"),
+    "AssociativeLeaky": (_SEQUENCE + " with associative state", "use snn.Leaky"),
+    "DeltaLeaky": ("a Leaky that transmits membrane deltas, not spikes", "use snn.Leaky"),
+    "Synaptic": ("a second-order (synaptic current) neuron: SAF is derived for first-order LIF",
+                 "use snn.Leaky"),
+    "Alpha": ("an alpha-kernel neuron (two state variables): SAF is derived for first-order LIF",
+              "use snn.Leaky"),
+    "RLeaky": ("a recurrent neuron: the recurrent weight acts on spikes, not accumulations",
+               "use snn.Leaky"),
+    "RSynaptic": ("a recurrent second-order neuron", "use snn.Leaky"),
+    "Lapicque": ("a Lapicque (RC) neuron: not supported by saf-plugin", "use snn.Leaky"),
+    "SLSTM": ("a spiking LSTM: its gates are nonlinear in the input", "use snn.Leaky"),
+    "SConv2dLSTM": ("a spiking conv-LSTM: its gates are nonlinear in the input",
+                    "use nn.Conv2d followed by snn.Leaky"),
+}
+for _name, (_reason, _fix) in _REFUSED.items():
+    _cls = getattr(snn, _name, None)
+    if _cls is not None:
+        register(_cls, Spec("neuron", judge=_refuse(f"snntorch.{_name} is {_reason}", _fix)))
+register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
+    "saf-plugin does not know this snnTorch neuron (only snn.Leaky is supported)",
+    "use snn.Leaky")))
+
+# GradedSpikes multiplies by a fixed per-neuron weight: linear
+_graded = getattr(snn, "GradedSpikes", None)
+if _graded is not None:
+    register_linear(_graded)
+
+
+def judge_modulelist(m: nn.Module):
+    """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""
+    kids = list(m.children())
+    if len(kids) > 1 and all(isinstance(k, nn.modules.batchnorm._BatchNorm) for k in kids):
+        first = kids[0]
+        same = all(type(k) is type(first) and k.num_features == first.num_features for k in kids)
+        if same:
+            return ("unsupported",
+                    f"a ModuleList of {len(kids)} {type(first).__name__} (snntorch.BatchNormTT: "
+                    "one BatchNorm per time step) is a time-varying affine map, which SAF's "
+                    "accumulations cannot carry",
+                    "use one BatchNorm (in eval mode) or weight-standardised layers")
+    return ("exact", "container", "")
+
+
+register(nn.ModuleList, Spec("container", judge=judge_modulelist))
