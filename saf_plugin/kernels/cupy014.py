@@ -23,7 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from spikingjelly.activation_based import cuda_utils, configure  # noqa: F401  (0.0.0.0.14 only)
+from spikingjelly import configure  # 0.0.0.0.14 only
+from spikingjelly.activation_based import cuda_utils
 from spikingjelly.activation_based.auto_cuda import base, neuron_kernel
 from spikingjelly.activation_based.auto_cuda.neuron_kernel import (NeuronBPTTKernel,
                                                                    NeuronFPTTKernel)
