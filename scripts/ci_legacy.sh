@@ -11,7 +11,7 @@ python3 -m venv "$VENV"
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 # torch 2.13 (CPU build on CI): 0.0.0.0.14 declares no torch pin; it imports on Python 3.11.
-python -m pip install -q -e . "torch>=2.6,<2.15" "spikingjelly==0.0.0.0.14" pytest
+python -m pip install -q -e . "torch==2.13.0" "spikingjelly==0.0.0.0.14" pytest
 python - <<'PY'
 from importlib.metadata import version
 v = version("spikingjelly")
