@@ -76,8 +76,11 @@ def digits_images(size: tuple[int, int], channels: int = 1) -> tuple[torch.Tenso
 
     d = load_digits()
     x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N, 1, 8, 8]
-    x = F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
-    return x.expand(-1, channels, -1, -1).contiguous(), torch.tensor(d.target)
+    return _resize(x, size).expand(-1, channels, -1, -1).contiguous(), torch.tensor(d.target)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False).clamp_(0, 1)
 
 
 def digits_to_events(img: torch.Tensor, T: int, *, shift: int = 0, threshold: float = 0.1
@@ -112,21 +115,48 @@ def digits_to_events(img: torch.Tensor, T: int, *, shift: int = 0, threshold: fl
     return torch.stack(frames, 1)
 
 
+class DigitsDataset(Dataset):
+    """scikit-learn's digits, resized to ``size`` when an item is read (so 128x128 event data
+    costs no memory up front): images [C, H, W] in [0, 1] (optionally normalised), or with
+    ``events_T`` event frames [T, 2, H, W] from :func:`digits_to_events`."""
+
+    def __init__(self, images8: torch.Tensor, labels: torch.Tensor, size: tuple[int, int],
+                 channels: int = 1, events_T: int = 0, normalize: Optional[tuple] = None):
+        self.images8, self.labels = images8, labels
+        self.size, self.channels, self.events_T = size, channels, events_T
+        self.norm = None if normalize is None else tuple(
+            torch.tensor(v).view(-1, 1, 1) for v in normalize)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        x = _resize(self.images8[i:i + 1], self.size)  # [1, 1, H, W]
+        if self.events_T:
+            return digits_to_events(x, self.events_T)[0], self.labels[i]
+        x = x[0].expand(self.channels, -1, -1)
+        if self.norm is not None:
+            x = (x - self.norm[0]) / self.norm[1]
+        return x, self.labels[i]
+
+
 def offline_digits(size: tuple[int, int], channels: int = 1, *, events_T: int = 0,
                    test_fraction: float = 0.2, normalize: Optional[tuple] = None
                    ) -> tuple[Dataset, Dataset, int]:
-    """Train/test split of the digits, as images [C, H, W] or events [T, 2, H, W]."""
-    x, y = digits_images(size, 1 if events_T else channels)
-    if events_T:
-        x = digits_to_events(x, events_T)
-    elif normalize is not None:
-        mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in normalize)
-        x = (x - mean) / std
+    """Train/test split (fixed seed, 80/20) of the digits, as images [C, H, W] or events
+    [T, 2, H, W]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [N, 1, 8, 8]
+    y = torch.tensor(d.target)
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(y), generator=g)
     n_test = int(len(y) * test_fraction)
     test, train = perm[:n_test], perm[n_test:]
-    return TensorDataset(x[train], y[train]), TensorDataset(x[test], y[test]), 10
+    make = lambda idx: DigitsDataset(x[idx], y[idx], size, channels, events_T,  # noqa: E731
+                                     normalize)
+    return make(train), make(test), 10
 
 
 # --------------------------------------------------------------------------- real data
