@@ -155,6 +155,7 @@ class SAFContext:
         self.input_acc: Optional[Tensor] = None
         self.output_prev: Optional[Tensor] = None
         self.warned: set[str] = set()
+        self._series: dict[tuple, Tensor] = {}
 
     # -- time
     def enter(self, x: Tensor) -> Tensor:
@@ -185,8 +186,13 @@ class SAFContext:
         return acc
 
     def series(self, decay: float, *, like: Tensor) -> Tensor:
-        """c[t] for the steps of this call: shape [steps]."""
-        return core.bias_series(self.t, self.steps, decay, like=like)
+        """c[t] for the steps of this call: shape [steps] (cached until the clock moves)."""
+        key = (self.t, self.steps, decay, like.dtype, like.device)
+        if key not in self._series:
+            if len(self._series) > 64:
+                self._series.clear()
+            self._series[key] = core.bias_series(self.t, self.steps, decay, like=like)
+        return self._series[key]
 
     def time_view(self, x: Tensor, folded: bool) -> Tensor:
         """View [T, ...] of a tensor that is [T, B, ...] or time-folded [T*B, ...]."""

@@ -73,16 +73,15 @@ def deaccumulate(acc_seq: Tensor, lam: Lam, acc_prev: Optional[Tensor] = None) -
 def bias_series(t0: int, steps: int, lam: Lam, *, like: Tensor) -> Tensor:
     """c[t] = Σ_{k=0..t} λ^k for t = t0 .. t0+steps−1, as a [steps] tensor like ``like``.
 
-    Computed by the recurrence c[t] = λ c[t−1] + 1 (exact for λ = 1: c[t] = t + 1).
+    Computed in double precision by the recurrence c[t] = λ c[t−1] + 1 (c[t] = t + 1 for λ = 1).
     """
-    lam_t = torch.as_tensor(lam, dtype=like.dtype, device=like.device).detach()
-    c = torch.zeros((), dtype=like.dtype, device=like.device)
-    out = []
+    lam_f = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+    c, out = 0.0, []
     for t in range(t0 + steps):
-        c = lam_t * c + 1.0
+        c = lam_f * c + 1.0
         if t >= t0:
             out.append(c)
-    return torch.stack(out)
+    return torch.tensor(out, dtype=like.dtype, device=like.device)
 
 
 def reaccumulate_step(
