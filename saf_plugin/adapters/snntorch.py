@@ -115,8 +115,11 @@ def _forward(self, input_, mem=None):
     if fresh:
         self._saf_state = LeakyState()
     st: LeakyState = self._saf_state
-    out, mem_new = _step(self, ctx, input_, st, None if fresh else self.mem)
-    ctx.decay = decay(self)
+    _link(self, ctx)
+    nxt = self.__dict__.get("_saf_next")
+    transport = decay(nxt) if nxt is not None else decay(self)
+    out, mem_new = _step(self, ctx, input_, st, None if fresh else self.mem, transport)
+    ctx.decay = transport
     self.mem = mem_new
     self._saf_mem_ref = mem_new
     if self is ctx.exit:
@@ -130,10 +133,24 @@ def _forward(self, input_, mem=None):
     return out
 
 
-def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor]):
+def _link(m: nn.Module, ctx) -> None:
+    """Learn the order neurons run in, at step 0 (where any transport decay gives ô[0] = g s[0]):
+    a neuron then passes on its spikes accumulated with the decay of the neuron that receives
+    them, so that neuron needs no re-accumulation and the weight gradient in between is
+    δ[t] â_in[t]ᵀ with the receiver's β, as in OTTT."""
+    stamp = ctx.input_acc
+    if ctx.t == 0 and ctx.__dict__.get("_saf_stamp") is stamp:
+        prev = ctx.__dict__.get("_saf_last")
+        if prev is not None and prev is not m:
+            prev.__dict__["_saf_next"] = m  # not a submodule
+    ctx._saf_stamp, ctx._saf_last = stamp, m
+
+
+def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor], transport: float):
     """One SAF step of a converted ``Leaky`` on x (the sender's accumulation, mapped).
 
-    Returns (ô[t] with graph, mem[t]); sets ``m._saf_spk`` = g s[t] (with graph) for the exit.
+    Returns (ô[t] with graph, with decay ``transport``, mem[t]); sets ``m._saf_spk`` = g s[t]
+    (with graph) for the exit.
     """
     beta = _beta(m)
     lam = float(beta.detach())
@@ -144,7 +161,9 @@ def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor]):
     spike_fn = m.spike_grad
     # input accumulated with the sender's decay -> with this layer's β
     y = x
-    if learn_beta or ctx.decay != lam:
+    if mem_prev is None:  # step 0: Y[0] = I[0] whatever the decays
+        st.z_prev = st.y_prev = x.detach()
+    elif ctx.decay != lam:  # the sender used another decay (neurons not run in module order)
         y = core.reaccumulate_step(x, st.z_prev, st.y_prev, ctx.decay, lam)
         st.z_prev, st.y_prev = x.detach(), y.detach()
     if learn_beta and mem_prev is not None:  # ∂mem[t]/∂β = mem[t−1] (history detached)
@@ -180,11 +199,13 @@ def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor]):
         mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
     acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
     st.acc = acc.detach()
-    if _graded_is_one(m):
+    if _graded_is_one(m) and transport == lam:
         out, m._saf_spk = acc, s
+        if mem_prev is None:  # the transport decay is known from step 1 on (see _link)
+            st.out = acc.detach()
     else:
-        spk = s * m.graded_spikes_factor
-        out = core.accumulate_step(spk, st.out, lam)
+        spk = s if _graded_is_one(m) else s * m.graded_spikes_factor
+        out = core.accumulate_step(spk, st.out, transport)
         st.out = out.detach()
         m._saf_spk = spk
     return out, mem_new
@@ -198,7 +219,7 @@ def saf_class(cls: type) -> type:
     return _SAF_CLASSES[cls]
 
 
-_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk")
+_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk", "_saf_next")
 
 
 def attach(m: nn.Module) -> None:
