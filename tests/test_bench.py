@@ -1,0 +1,54 @@
+"""benchmarks/bench.py at a tiny size: every method runs, results and plots are written."""
+
+import importlib.util
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", message="Triton not available")
+pytest.importorskip("spikingjelly.activation_based")
+
+from saf_plugin import benchmark  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("saf_bench_script", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_main_tiny_vgg_all_methods(tmp_path):
+    result = load_bench().main([
+        "--net", "vgg", "--width-div", "32", "--input-shape", "3,8,8", "--batch", "2",
+        "--T", "2,3", "--repeats", "1", "--warmup", "0", "--no-memory", "--name", "tiny",
+        "--results-dir", str(tmp_path), "--plot-dir", str(tmp_path / "plots")])
+    assert not result["errors"], result["errors"]
+    assert {r["method"] for r in result["rows"]} == set(benchmark.METHODS)
+    saved = json.loads((tmp_path / "tiny.json").read_text())
+    assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(benchmark.METHODS)
+    assert saved["ratios"][0]["saf_e_online/ottt time"] > 0
+    assert (tmp_path / "tiny.csv").exists() and (tmp_path / "plots" / "tiny_time.png").exists()
+
+
+def test_bench_fresh_process_memory(tmp_path):
+    result = benchmark.main([
+        "--net", "mlp", "--hidden", "8", "--input-shape", "6", "--batch", "2", "--T", "2",
+        "--methods", "saf_e_online", "--repeats", "1", "--warmup", "0", "--name", "mem",
+        "--results-dir", str(tmp_path), "--no-plot"])
+    row = result["rows"][0]
+    assert "error" not in row, row
+    assert row["saved_peak_bytes"] > 0 and row["peak_rss_bytes"] > 0
+
+
+def test_ottt_variant_is_spikingjelly_ottt():
+    from spikingjelly.activation_based import layer, neuron
+
+    net = benchmark.variant(benchmark.VGG(width_div=32), "ottt")
+    assert isinstance(net.features, layer.OTTTSequential)
+    assert all(not isinstance(m, neuron.LIFNode) or isinstance(m, neuron.OTTTLIFNode)
+               for m in net.modules())

@@ -1,0 +1,95 @@
+"""The ``saf`` command line: check's table and exit codes, bench at a tiny size, one-line errors."""
+
+import textwrap
+import warnings
+
+import pytest
+
+warnings.filterwarnings("ignore", message="Triton not available")
+pytest.importorskip("spikingjelly.activation_based")
+
+from saf_plugin.cli import main  # noqa: E402
+
+MODELS = textwrap.dedent('''
+    from torch import nn
+    from spikingjelly.activation_based import layer, neuron
+
+    def good():
+        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None),
+                             layer.Linear(6, 3))
+
+    def hard_reset():
+        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(), layer.Linear(6, 3))
+
+    def broken():
+        raise RuntimeError("no weights file")
+
+    not_a_model = 3
+''')
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    (tmp_path / "cli_models_mod.py").write_text(MODELS)
+    (tmp_path / "cli_bad_import_mod.py").write_text("import no_such_package_xyz\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_check_exact_model(models, capsys):
+    assert main(["check", "cli_models_mod:good"]) == 0
+    out = capsys.readouterr().out
+    assert "path" in out and "exact" in out and "1" in out
+
+
+def test_check_not_exact_exits_nonzero(models, capsys):
+    assert main(["check", "cli_models_mod:hard_reset"]) == 1
+    out = capsys.readouterr().out
+    assert "unsupported" in out and "hard reset" in out and "fix" in out
+
+
+@pytest.mark.parametrize("spec,msg", [
+    ("cli_models_mod", "MODULE:CALLABLE"),
+    ("cli_no_such_module_xyz:f", "cannot import"),
+    ("cli_bad_import_mod:f", "no_such_package_xyz"),
+    ("cli_models_mod:missing", "no attribute"),
+    ("cli_models_mod:broken", "no weights file"),
+    ("cli_models_mod:not_a_model", "not callable"),
+])
+def test_bad_models_give_one_line(models, capsys, spec, msg):
+    assert main(["check", spec]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saf: error:") and msg in err and "\n" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"], ["bench", "--help"]])
+def test_help(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage: saf" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--T", "4,x"], "--T"),
+    (["--T", "0"], "positive"),
+    (["--methods", "bptt,foo"], "unknown method"),
+])
+def test_bench_bad_arguments(models, capsys, extra, msg):
+    assert main(["bench", "cli_models_mod:good", "--input-shape", "4", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert msg in err and "\n" not in err
+
+
+def test_bench_tiny(models, capsys):
+    out_dir = models / "res"
+    code = main(["bench", "cli_models_mod:good", "--input-shape", "4", "--T", "2",
+                 "--methods", "bptt,saf_e_online,relu", "--batch", "2",
+                 "--repeats", "1", "--warmup", "0", "--no-memory", "--out", str(out_dir),
+                 "--plot", str(models / "plots")])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "saf_e_online" in out and "bptt" in out
+    assert (out_dir / "custom_cpu.json").exists() and (out_dir / "custom_cpu.csv").exists()
+    assert (models / "plots" / "custom_cpu_time.png").exists()
