@@ -412,3 +412,23 @@ def static_to_seq(x: torch.Tensor, T: int) -> torch.Tensor:
 def events_to_seq(x: torch.Tensor) -> torch.Tensor:
     """Event frames [B, T, ...] (loader layout) to [T, B, ...]."""
     return x.transpose(0, 1)
+
+
+def snntorch_unroll(net, x_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run an snnTorch ``init_hidden`` network step by step: (spikes, membranes) [T, B, ...]
+    of its output layer (``Leaky(output=True)`` returns both)."""
+    spk, mem = [], []
+    for t in range(x_seq.shape[0]):
+        s, m = net(x_seq[t])
+        spk.append(s)
+        mem.append(m)
+    return torch.stack(spk), torch.stack(mem)
+
+
+def fix_and_report(net) -> list:
+    """``saf_plugin.fix`` with one printed line per change."""
+    changes = saf_plugin.fix(net)
+    print(f"saf_plugin.fix changed {len(changes)} modules:")
+    for f in changes:
+        print(f"  {f.path} ({f.module}): {f.reason}")
+    return changes
