@@ -1,0 +1,95 @@
+"""Every example runs for a tiny budget on the offline digits; the DDP example matches one process."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+pytest.importorskip("sklearn")
+
+TINY = ["--epochs", "1", "--max-batches", "2", "--T", "3", "--batch-size", "8"]
+CASES = [
+    ("spikingjelly_conv_fashion_mnist", ["--channels", "4"], "spikingjelly"),
+    ("spikingjelly_ottt_cifar10", ["--width", "16"], "spikingjelly"),
+    ("spikingjelly_classify_dvsg", ["--channels", "2", "--batch-size", "2"], "spikingjelly"),
+    ("snntorch_tutorial5", ["--hidden", "32"], "snntorch"),
+    ("snntorch_tutorial6", ["--width", "4"], "snntorch"),
+    ("snntorch_tutorial7", ["--width", "4"], "snntorch"),
+]
+
+
+def _load(name: str):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+@pytest.mark.parametrize("saf", ["off", "E", "F"])
+@pytest.mark.parametrize("name,extra,lib", CASES, ids=[c[0] for c in CASES])
+def test_example_runs_offline(name, extra, lib, saf, tmp_path, capsys):
+    pytest.importorskip(lib)
+    mod = _load(name)
+    line = mod.main(TINY + extra + ["--saf", saf, "--out-dir", str(tmp_path), "--device", "cpu"])
+    assert line.startswith("FINAL test_acc=") and "sec_per_epoch=" in line and "peak_mem_mb=" in line
+    (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    assert (run_dir / "log.csv").read_text().count("\n") == 2  # header + one epoch
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert not any("saf" in k for k in ckpt["model"])
+    if saf != "off":
+        out = capsys.readouterr().out
+        assert "saf_plugin.check" in out
+
+
+def test_ottt_baseline_and_checkpoint_loads_into_plain_model(tmp_path):
+    pytest.importorskip("spikingjelly")
+    mod = _load("spikingjelly_ottt_cifar10")
+    mod.main(TINY + ["--width", "16", "--ottt", "--out-dir", str(tmp_path / "o")])
+    mod.main(TINY + ["--width", "16", "--saf", "E", "--out-dir", str(tmp_path / "e")])
+    (run_dir,) = (tmp_path / "e").iterdir()
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    args = type("A", (), {"ottt": False, "width": 16})()
+    plain = mod.build(args)  # the ordinary SpikingJelly VGG, no saf_plugin involved
+    plain.load_state_dict(state["model"])  # strict: same keys, same shapes
+
+
+def test_digits_to_events_shapes():
+    C = _load("_common")
+    x, y = C.digits_images((34, 34))
+    ev = C.digits_to_events(x[:3], 5)
+    assert ev.shape == (3, 5, 2, 34, 34) and ev.min() >= 0
+    assert ev[:, 0, 1].sum() == 0  # frame 0: the digit appears, ON events only
+    assert ev[:, 1:, 1].sum() > 0  # motion produces OFF events later
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """torchrun, 2 processes, gloo on CPU: the same weights as one process on the same global batch."""
+    pytest.importorskip("spikingjelly")
+    args = [*TINY, "--width", "16", "--saf", "E", "--dtype", "float64", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    script = str(EXAMPLES / "spikingjelly_ottt_cifar10.py")
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc_per_node", "2", script, *args, "--out-dir", str(tmp_path / "ddp")],
+                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    subprocess.run([sys.executable, script, *args, "--out-dir", str(tmp_path / "one")],
+                   check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    (d2,) = (tmp_path / "ddp").iterdir()
+    (d1,) = (tmp_path / "one").iterdir()
+    a = torch.load(d1 / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(d2 / "checkpoint.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-10, atol=1e-12, msg=k)
+    assert (d1 / "log.csv").read_text().splitlines()[1:] != []
