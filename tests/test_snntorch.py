@@ -371,7 +371,10 @@ def _ottt_reference(net, x, target, loss_fn):
             prev = torch.zeros_like(val) if mem[i] is None else mem[i].detach()
             r = lif.spike_grad(prev - lif.threshold.detach()).detach()
             m = bd * prev + (beta - bd) * prev + cur - r * lif.threshold
-            spk = lif.spike_grad(m - lif.threshold) * lif.graded_spikes_factor
+            s = lif.spike_grad(m - lif.threshold)
+            spk = s * lif.graded_spikes_factor
+            if not lif.reset_delay:  # snnTorch's immediate reset (r: its double-reset guard)
+                m = m - (s - r) * lif.threshold
             mem[i] = m
             s_in = spk
             out = (spk, m)
@@ -387,10 +390,15 @@ def _loss(spk, mem, target):
     return nn.functional.cross_entropy(mem, target) + nn.functional.cross_entropy(spk * 2, target)
 
 
-def test_saf_e_per_step_gradients_equal_ottt_reference():
-    net = nn.Sequential(nn.Linear(20, 32), snn.Leaky(0.75, init_hidden=True, learn_beta=True),
-                        nn.Linear(32, 16), snn.Leaky(0.5, init_hidden=True, learn_beta=True),
-                        nn.Linear(16, 5), snn.Leaky(0.75, init_hidden=True, output=True))
+@pytest.mark.parametrize("reset_delay", [True, False])
+def test_saf_e_per_step_gradients_equal_ottt_reference(reset_delay):
+    """Weights, biases, learnable β, θ and graded-spike factor, at every step; mixed β."""
+    kw = dict(init_hidden=True, reset_delay=reset_delay)
+    net = nn.Sequential(
+        nn.Linear(20, 32), snn.Leaky(0.75, learn_beta=True, learn_threshold=True,
+                                     graded_spikes_factor=1.5, learn_graded_spikes_factor=True, **kw),
+        nn.Linear(32, 16), snn.Leaky(0.5, learn_beta=True, **kw),
+        nn.Linear(16, 5), snn.Leaky(0.75, output=True, learn_threshold=True, **kw))
     dyadic_(net)
     x, target = spikes(T, 6, 20), torch.randint(0, 5, (6,))
     assert_fires(net, run_seq, x)
@@ -408,7 +416,8 @@ def test_saf_e_per_step_gradients_equal_ottt_reference():
             err = float((g - ref[t][n]).abs().max() / (ref[t][n].abs().max() + 1e-12))
             worst = max(worst, err)
     assert worst < 1e-5, worst
-    assert any(float(r["1.beta"].abs()) > 0 for r in ref)  # the β gradient is exercised
+    for name in ("1.beta", "1.threshold", "1.graded_spikes_factor", "3.beta", "5.threshold"):
+        assert any(float(r[name].abs().max()) > 0 for r in ref), name  # exercised
 
 
 def test_saf_f_gradient_equals_spike_representation_reference():
