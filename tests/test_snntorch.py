@@ -480,6 +480,10 @@ def test_ce_rate_loss_decomposes_per_step_and_mse_count_loss_does_not():
     whole = SF.ce_rate_loss()(spk, target)
     per_step = sum(SF.ce_rate_loss()(spk[t:t + 1], target) for t in range(T)) / T
     assert torch.allclose(whole, per_step)
+    mem = torch.rand(T, 6, 5)
+    whole = SF.mse_membrane_loss()(mem, target)
+    assert torch.allclose(whole, sum(SF.mse_membrane_loss()(mem[t:t + 1], target)
+                                     for t in range(T)) / T)
     mse = SF.mse_count_loss(correct_rate=0.8, incorrect_rate=0.2)
     whole = mse(spk, target)
     per_step = sum(mse(spk[t:t + 1], target) for t in range(T))
@@ -496,3 +500,36 @@ def test_snntorch_losses_and_metrics_work_on_saf_outputs():
         assert torch.equal(fn(s0, target), fn(s1, target))
     assert SF.mse_membrane_loss()(m0, target) == SF.mse_membrane_loss()(m1, target)
     assert SF.accuracy_rate(s0, target) == SF.accuracy_rate(s1, target)
+
+
+def test_saf_e_graph_is_one_step_deep():
+    """Memory flat in T: the autograd graph of step t has the same size for every t."""
+    net = seq_net()
+    x = spikes(T, 6, 20)
+    saf_plugin.set_saf(net, "E")
+    utils.reset(net)
+    sizes = []
+    for t in range(T):
+        spk, mem = net(x[t])
+        seen, todo = set(), [(spk + mem).sum().grad_fn]
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            todo += [f for f, _ in fn.next_functions]
+        sizes.append(len(seen))
+    assert len(set(sizes[2:])) == 1, sizes
+
+
+def test_module_docstring_example_runs():
+    import textwrap
+
+    import saf_plugin.adapters.snntorch as adapter
+
+    doc = adapter.__doc__
+    block = doc.split("Example (executed by ``tests/test_snntorch.py``)::\n", 1)[1]
+    code = textwrap.dedent(block.split("\nLosses of", 1)[0])
+    scope: dict = {}
+    exec(compile(code, "snntorch adapter docstring", "exec"), scope)
+    assert scope["acc"] >= 0 and saf_plugin.saf_mode(scope["net"]) is None

@@ -33,10 +33,38 @@ membrane) and a neuron reset in the middle of a sequence raise :class:`SAFStateE
 Gradients (history detached, as OTTT's instantaneous gradient): ∂mem[t]/∂β = mem[t−1] for a
 learnable β, ∂mem[t]/∂θ = −r[t] for a learnable θ (plus −1 through the spike), d spk/dg = s[t].
 
+Example (executed by ``tests/test_snntorch.py``)::
+
+    import snntorch as snn
+    import torch
+    from snntorch import functional as SF, utils
+    from torch import nn
+
+    import saf_plugin
+
+    T = 6
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), snn.Leaky(0.9, init_hidden=True),
+                        nn.Linear(32, 10), snn.Leaky(0.9, init_hidden=True, output=True))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss_fn = SF.ce_rate_loss()
+    saf_plugin.set_saf(net, "E")           # same modules, parameters and state_dict
+    for x, y in [(torch.rand(T, 4, 8, 8), torch.randint(0, 10, (4,)))]:   # x: [T, B, ...]
+        utils.reset(net)                   # resets the SAF state as well
+        opt.zero_grad()
+        spk_rec = []
+        for t in range(T):                 # online: one backward per step, memory flat in T
+            spk, mem = net(x[t])           # the real output spikes and membrane
+            (loss_fn(spk[None], y) / T).backward()   # ce_rate_loss decomposes per step
+            spk_rec.append(spk.detach())
+        opt.step()                         # gradients summed over t: OTTT_A
+        acc = SF.accuracy_rate(torch.stack(spk_rec), y)
+    saf_plugin.set_saf(net, None)          # back to the plain snnTorch model
+
 Losses of ``snntorch.functional`` on SAF-E outputs (spikes [T, B, C] stacked by the user):
 
 - decompose per step (sum over t of a term of step t alone, so an online per-step backward
-  gives the same gradient): ``ce_rate_loss``, ``mse_membrane_loss`` (on membranes), and
+  gives the same gradient): ``ce_rate_loss`` (call it on ``spk[None]`` and divide by T),
+  ``mse_membrane_loss`` on membranes (with ``time_var_targets`` pass the target of step t).
   ``accuracy_rate`` is a metric on the stacked spikes, unchanged.
 - do not decompose (a function of the spike count Σ_t spk[t]): ``ce_count_loss``,
   ``mse_count_loss`` (a per-step call truncates its targets to one step's count),
