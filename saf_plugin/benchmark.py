@@ -373,13 +373,14 @@ def benchmark(args) -> dict:
         row = {"net": args.model or args.net, "method": m, "T": T, "batch": args.batch,
                "time_median_s": statistics.median(ts), "time_min_s": min(ts),
                "time_max_s": max(ts), "repeats": len(ts)}
-        if not args.no_memory:
+        if not args.no_memory and (not args.memory_T or T in args.memory_T):
             row.update(_fresh_memory(args, m, T))
         rows.append(row)
     return {"machine": machine(), "config": {
         "net": args.model or args.net, "width_div": args.width_div, "batch": args.batch,
         "input_shape": args.input_shape, "T": args.T, "repeats": args.repeats,
-        "warmup": args.warmup, "device": args.device, "methods": args.methods},
+        "warmup": args.warmup, "device": args.device, "methods": args.methods,
+        "memory_T": args.memory_T or ([] if args.no_memory else args.T)},
         "rows": rows, "errors": errors}
 
 
@@ -404,6 +405,20 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "saf_e_online/ottt peak rss": q("saf_e_online", "ottt", "peak_rss_bytes"),
                     "saf_e_online/ottt saved": q("saf_e_online", "ottt", "saved_peak_bytes")})
     return out
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a Markdown table (the docs paste it)."""
+    lines = ["| method | T | time median [s] | min-max [s] | saved for backward [MiB] | peak RSS [MiB] |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        saved = r.get("saved_peak_bytes")
+        rss = r.get("cuda_peak_bytes", r.get("peak_rss_bytes"))
+        lines.append(f"| {r['method']} | {r['T']} | {r['time_median_s']:.3f} | "
+                     f"{r['time_min_s']:.3f}-{r['time_max_s']:.3f} | "
+                     f"{'' if saved is None else f'{saved / 2**20:.1f}'} | "
+                     f"{'' if rss is None else f'{rss / 2**20:.0f}'} |")
+    return "\n".join(lines)
 
 
 def table(rows: list[dict]) -> str:
@@ -521,6 +536,8 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
+    p.add_argument("--memory-T", type=_ints, default=None,
+                   help="measure memory only at these T (default: every T)")
     p.add_argument("--name", default=None, help="output file stem (default <net>_<device>)")
     p.add_argument("--results-dir", type=Path, default=Path("benchmarks") / "results")
     p.add_argument("--plot-dir", type=Path, default=Path("docs") / "benchmarks")
