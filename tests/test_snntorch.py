@@ -18,7 +18,7 @@ import snntorch as snn
 import torch
 from snntorch import functional as SF
 from snntorch.functional import quant
-from snntorch import utils
+from snntorch import surrogate, utils
 from torch import nn
 
 import saf_plugin
@@ -136,7 +136,8 @@ class LoopNet(nn.Module):
         self.fc1 = nn.Linear(20, 32)
         self.lif1 = snn.Leaky(beta=beta[0], reset_delay=reset_delay)
         self.fc2 = nn.Linear(32, 5)
-        self.lif2 = snn.Leaky(beta=beta[1], reset_delay=reset_delay)
+        self.lif2 = snn.Leaky(beta=beta[1], reset_delay=reset_delay,
+                              spike_grad=surrogate.sigmoid(slope=10))
 
     def forward(self, x):
         mem1 = self.lif1.init_leaky()
@@ -397,7 +398,8 @@ def test_saf_e_per_step_gradients_equal_ottt_reference(reset_delay):
     net = nn.Sequential(
         nn.Linear(20, 32), snn.Leaky(0.75, learn_beta=True, learn_threshold=True,
                                      graded_spikes_factor=1.5, learn_graded_spikes_factor=True, **kw),
-        nn.Linear(32, 16), snn.Leaky(0.5, learn_beta=True, **kw),
+        nn.Linear(32, 16), snn.Leaky(0.5, learn_beta=True,
+                                     spike_grad=surrogate.fast_sigmoid(slope=25), **kw),
         nn.Linear(16, 5), snn.Leaky(0.75, output=True, learn_threshold=True, **kw))
     dyadic_(net)
     x, target = spikes(T, 6, 20), torch.randint(0, 5, (6,))
@@ -420,15 +422,16 @@ def test_saf_e_per_step_gradients_equal_ottt_reference(reset_delay):
         assert any(float(r[name].abs().max()) > 0 for r in ref), name  # exercised
 
 
-def test_saf_f_gradient_equals_spike_representation_reference():
+@pytest.mark.parametrize("reset_delay,graded", [(True, 1.0), (False, 1.0), (True, 1.5)])
+def test_saf_f_gradient_equals_spike_representation_reference(reset_delay, graded):
     """SAF-F: loss at the last step on the spike representation ô[T−1]/c[T−1]. Reference:
     a^0 = accumulated input; Y^l = W a^{l−1} + b c; â^l from snnTorch's spikes (values) with
     dâ/dY = 1[0 < Y < θ c]/θ; output â^L / c."""
     beta = 0.75
+    kw = dict(init_hidden=True, reset_delay=reset_delay)
     net = dyadic_(nn.Sequential(
-        nn.Linear(20, 32), snn.Leaky(beta, init_hidden=True), nn.Linear(32, 16),
-        snn.Leaky(beta, init_hidden=True), nn.Linear(16, 5), snn.Leaky(beta, init_hidden=True,
-                                                                     output=True)))
+        nn.Linear(20, 32), snn.Leaky(beta, graded_spikes_factor=graded, **kw), nn.Linear(32, 16),
+        snn.Leaky(beta, **kw), nn.Linear(16, 5), snn.Leaky(beta, output=True, **kw)))
     x, target = spikes(T, 6, 20), torch.randint(0, 5, (6,))
     # reference
     rec = {}
@@ -452,7 +455,7 @@ def test_saf_f_gradient_equals_spike_representation_reference():
         fc = net[i - 1]
         y = a @ fc.weight.T + fc.bias * c
         rep = torch.minimum(torch.clamp(y, min=0) / 1.0, torch.tensor(c))
-        a = acc(rec[i]) + (rep - rep.detach())
+        a = acc(rec[i]) + float(net[i].graded_spikes_factor) * (rep - rep.detach())
     net.zero_grad()
     nn.functional.cross_entropy(a / c, target).backward()
     ref = {n: p.grad.clone() for n, p in net.named_parameters()}
@@ -533,3 +536,11 @@ def test_module_docstring_example_runs():
     scope: dict = {}
     exec(compile(code, "snntorch adapter docstring", "exec"), scope)
     assert scope["acc"] >= 0 and saf_plugin.saf_mode(scope["net"]) is None
+
+
+def test_saf_f_refuses_a_neuron_without_reset_at_run_time():
+    net = seq_net(reset="none")
+    saf_plugin.set_saf(net, "F")
+    utils.reset(net)
+    with pytest.raises(SAFStateError, match="SAF-F needs a reset"):
+        net(spikes(6, 20))
