@@ -140,10 +140,9 @@ class SAFContext:
     sent the tensor now flowing (the bias series and the exit use it).
     """
 
-    def __init__(self, mode: str, step_mode: str, strict: bool, clock: nn.Module,
-                 clock_adapter, entry: nn.Module, exit_: nn.Module):
+    def __init__(self, mode: str, strict: bool, clock: nn.Module, clock_adapter,
+                 entry: nn.Module, exit_: nn.Module):
         self.mode = mode
-        self.step_mode = step_mode
         self.strict = strict
         self.clock = clock
         self.clock_adapter = clock_adapter
@@ -156,6 +155,11 @@ class SAFContext:
         self.output_prev: Optional[Tensor] = None
         self.warned: set[str] = set()
         self._series: dict[tuple, Tensor] = {}
+
+    @property
+    def step_mode(self) -> str:
+        """The neurons' step mode, read live (``functional.set_step_mode`` may change it)."""
+        return getattr(self.clock, "step_mode", "s")
 
     # -- time
     def enter(self, x: Tensor) -> Tensor:
@@ -374,8 +378,7 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
     last = net.get_submodule(leaves[-1])
     is_neuron = (lookup(last) or Spec("linear")).role == "neuron"
     exit_ = last if is_neuron else _edge_module(net, leaves[-1], first=False)
-    step_mode = getattr(neurons[0][1], "step_mode", "s")
-    ctx = SAFContext(mode, step_mode, strict, neurons[0][1], neurons[0][2].neuron, entry, exit_)
+    ctx = SAFContext(mode, strict, neurons[0][1], neurons[0][2].neuron, entry, exit_)
     swapped: list[nn.Module] = []
     for path, module, spec in walked:
         if spec is not None and spec.role == "neuron":
@@ -400,7 +403,7 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
 def _swap_layer(module: nn.Module, path: str, spec: Optional[Spec], ctx: SAFContext) -> None:
     module.__class__ = _layer_class(type(module))
     module._saf_ctx, module._saf_path, module._saf_spec = ctx, path, spec
-    module._saf_split = next(module.parameters(), None) is not None
+    module._saf_split = next(module.parameters(recurse=False), None) is not None  # leaves only
 
 
 def _revert(net: nn.Module) -> None:

@@ -250,3 +250,19 @@ def test_saf_e_single_step_memory_is_flat_in_T(float64):
         per_step[T] = counts
     assert max(per_step[32]) == max(per_step[4]) and per_step[32][-1] == per_step[4][-1]
     assert len(set(per_step[32][1:])) == 1, "every step after the first saves the same bytes"
+
+
+def test_saf_f_multistep_with_a_container_as_entry(float64):
+    """The whole model inside one nn.Sequential (SpikingJelly's CSNN style): only leaves split
+    their steps 0..T-2 off the graph, so the bias series still sees T steps."""
+    torch.manual_seed(17)
+    inner = M.strengthen(M.conv(), gain=2.0, bias=0.5)
+    net = nn.Sequential(inner)
+    x = torch.rand(5, 4, 2, 8, 8)
+    saf_plugin.set_saf(net, "F")
+    single = M.run(net, x, "s")
+    functional.set_step_mode(net, "m")
+    multi = M.run(net, x, "m")
+    torch.testing.assert_close(multi, single, rtol=0, atol=1e-12)
+    multi[-1].sum().backward()
+    assert inner[0].weight.grad.abs().sum() > 0
