@@ -160,9 +160,33 @@ def test_explicit_mem_loop_is_exact_across_batch_sizes(reset_delay):
     ref = [net(x) for x in xs]
     saf_plugin.set_saf(net, "E")
     got = [net(x) for x in xs]
-    for r, g in zip(ref, got):
-        for a, b in zip(r, g):  # output spikes, output membranes, hidden membranes
-            assert torch.equal(a, b)
+    saf_plugin.set_saf(net, None)
+    back = [net(x) for x in xs]
+    for r, g, h in zip(ref, got, back):
+        for a, b, c in zip(r, g, h):  # output spikes, output membranes, hidden membranes
+            assert torch.equal(a, b) and torch.equal(a, c)
+
+
+class SharedNeuronNet(nn.Module):
+    """One Leaky object used for two layers (snnTorch allows it with explicit mem)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.lif = nn.Linear(20, 32), nn.Linear(32, 32), snn.Leaky(0.5)
+
+    def forward(self, x):
+        m1, m2 = self.lif.init_leaky(), self.lif.init_leaky()
+        for t in range(x.shape[0]):
+            s1, m1 = self.lif(self.fc1(x[t]), m1)
+            s2, m2 = self.lif(self.fc2(s1), m2)
+        return s2
+
+
+def test_one_neuron_object_for_two_layers_raises_a_clear_error():
+    net = SharedNeuronNet()
+    saf_plugin.set_saf(net, "E")
+    with pytest.raises(SAFStateError, match="ran twice"):
+        net(spikes(T, 4, 20))
 
 
 def test_batch_size_change_without_reset_follows_snntorch():

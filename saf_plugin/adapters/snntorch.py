@@ -30,6 +30,13 @@ a new ``mem``) or when its shape differs from the input's (a new batch size). No
 ``SpikingNeuron.instances``. A foreign nonzero ``mem`` (SAF cannot start from a charged
 membrane) and a neuron reset in the middle of a sequence raise :class:`SAFStateError`.
 
+Model layout: as everywhere in saf-plugin, the model's first registered module is its entry
+(it accumulates the network input) and its last registered module its exit, so a module that
+loops over steps itself must define its layers in the order ``forward`` uses them (tutorial 5
+does). One ``snn.Leaky`` object used for two layers raises :class:`SAFStateError`. A neuron
+passes on its spikes accumulated with the β of the neuron that receives them (learned at step
+0), so mixed β need no re-accumulation and the weight gradient stays OTTT's.
+
 Gradients (history detached, as OTTT's instantaneous gradient): ∂mem[t]/∂β = mem[t−1] for a
 learnable β, ∂mem[t]/∂θ = −r[t] for a learnable θ (plus −1 through the spike), d spk/dg = s[t].
 
@@ -167,6 +174,14 @@ def _link(m: nn.Module, ctx) -> None:
     them, so that neuron needs no re-accumulation and the weight gradient in between is
     δ[t] â_in[t]ᵀ with the receiver's β, as in OTTT."""
     stamp = ctx.input_acc
+    if m.__dict__.get("_saf_stamp") is stamp:
+        raise SAFStateError(
+            f"{m._saf_path}: this neuron ran twice since the model's first module "
+            f"({ctx.entry._saf_path or '<root>'}) last ran. Under SAF each snn.Leaky object must "
+            "run once per time step (use one object per layer), and the first module the model "
+            "registers must be the first one its forward runs (define the layers in the order "
+            "forward uses them)")
+    m.__dict__["_saf_stamp"] = stamp
     if ctx.t == 0 and ctx.__dict__.get("_saf_stamp") is stamp:
         prev = ctx.__dict__.get("_saf_last")
         if prev is not None and prev is not m:
@@ -247,7 +262,7 @@ def saf_class(cls: type) -> type:
     return _SAF_CLASSES[cls]
 
 
-_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk", "_saf_next")
+_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk", "_saf_next", "_saf_stamp")
 
 
 def attach(m: nn.Module) -> None:
