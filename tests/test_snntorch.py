@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 
 import pytest
-import snntorch as snn
 import torch
+
+snn = pytest.importorskip("snntorch")  # the [snntorch] / [dev] extra
 from snntorch import functional as SF
 from snntorch.functional import quant
 from snntorch import surrogate, utils

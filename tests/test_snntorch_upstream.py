@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("snntorch")
 UPSTREAM = Path(__file__).parent / "snntorch_upstream"
 
 
