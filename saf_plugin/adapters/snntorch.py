@@ -101,7 +101,8 @@ _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
 @dataclass
 class LeakyState:
-    """â[t−1] (unscaled), ô[t−1] (graded; None when g = 1), and the re-accumulation memory."""
+    """â[t−1] (unscaled spikes, own β), ô[t−1] (graded spikes, the receiver's β: the passed-on
+    accumulation when it differs from â), and the re-accumulation memory z[t−1], Y[t−1]."""
 
     acc: Optional[Tensor] = None
     out: Optional[Tensor] = None
