@@ -154,12 +154,32 @@ class SAFContext:
         self.input_acc: Optional[Tensor] = None
         self.output_prev: Optional[Tensor] = None
         self.warned: set[str] = set()
+        self.running = False  # between the entry's and the exit's call of one step
         self._series: dict[tuple, Tensor] = {}
 
     @property
     def step_mode(self) -> str:
         """The neurons' step mode, read live (``functional.set_step_mode`` may change it)."""
         return getattr(self.clock, "step_mode", "s")
+
+    # -- order: the entry must run first and the exit last in every step
+    def arrive(self, module: nn.Module, x: Tensor) -> Tensor:
+        """Called by every SAF module with its input; the entry accumulates it."""
+        if module is self.entry:
+            return self.enter(x)
+        if not self.running:
+            raise SAFStateError(
+                f"{module._saf_path} ran before the model's entry module "
+                f"{self.entry._saf_path or '<root>'} in this step: saf-plugin takes the first "
+                "registered module as the one that receives the network input and the last as "
+                "the one that returns the output, and each module object as one layer; register "
+                "submodules in the order forward uses them, give every layer its own module "
+                "object, and call the model, not a submodule")
+        return x
+
+    def depart(self) -> None:
+        """Called when the exit module has produced the step's output."""
+        self.running = False
 
     # -- time
     def enter(self, x: Tensor) -> Tensor:
@@ -173,6 +193,12 @@ class SAFContext:
                     f"{tuple(shape)} without a reset; reset the model between sequences "
                     "(spikingjelly: functional.reset_net(net))")
             fresh = True
+        if self.running and not fresh:
+            raise SAFStateError(
+                f"the model's exit module {self.exit._saf_path or '<root>'} did not run in the "
+                "previous step: saf-plugin takes the last registered module as the one that "
+                "returns the output; register submodules in the order forward uses them")
+        self.running = True
         self.decay = _as_float(self.clock_adapter.decay(self.clock))
         prev = None if fresh else self.input_acc
         if self.step_mode == "m":
@@ -205,6 +231,7 @@ class SAFContext:
     # -- the exit
     def leave(self, out: Tensor) -> Tensor:
         """SAF-E: o[t] = O[t] − λ O[t−1]; SAF-F: the spike representation O[t] / c[t]."""
+        self.depart()
         if self.step_mode == "m" and out.shape[0] != self.steps:
             raise SAFStateError(
                 f"the model's output has shape {tuple(out.shape)}, whose first dimension is not "
@@ -255,8 +282,7 @@ def saf_layer_forward(module: nn.Module, base: type, args: tuple, kwargs: dict):
     ctx: SAFContext = module._saf_ctx
     spec: Spec = module._saf_spec
     x, rest = args[0], args[1:]
-    if module is ctx.entry:
-        x = ctx.enter(x)
+    x = ctx.arrive(module, x)
     if spec is not None and spec.runtime:
         ctx.guard(module, spec)
     split = (ctx.mode == "F" and ctx.step_mode == "m" and ctx.steps > 1

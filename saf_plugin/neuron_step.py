@@ -70,8 +70,7 @@ def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
     Returns â (to the next layer), or at the model's exit the per-step spikes (SAF-E) or the
     spike representation â/c (SAF-F).
     """
-    if module is ctx.entry:
-        x = ctx.enter(x)
+    x = ctx.arrive(module, x)
     acc_before = st.acc
     c = ctx.series(p.decay, like=x) if ctx.mode == "F" else None
     if ctx.step_mode == "s":
@@ -94,6 +93,7 @@ def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
     ctx.decay = p.decay
     if module is not ctx.exit:
         return out
+    ctx.depart()
     if ctx.mode == "F":
         return out / c.view(-1, *([1] * (out.dim() - 1))) if ctx.step_mode == "m" else out / c[0]
     if ctx.step_mode == "m":

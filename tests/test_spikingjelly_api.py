@@ -210,3 +210,21 @@ def test_fix_repairs_maxpool_and_hard_reset(float64):
     saf_plugin.set_saf(net, "E")
     functional.reset_net(net)
     net(torch.rand(2, 2, 4, 4))
+
+
+def test_modules_registered_out_of_order_raise_instead_of_a_silent_wrong_answer(float64):
+    class Reordered(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.readout = layer.Linear(16, 2)  # registered first, used last
+            self.fc = layer.Linear(4, 16)
+            self.sn = M.lif()
+
+        def forward(self, x):
+            return self.readout(self.sn(self.fc(x)))
+
+    net = Reordered()
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    with pytest.raises(saf_plugin.SAFStateError, match="ran before the model's entry module readout"):
+        net(torch.rand(2, 4))

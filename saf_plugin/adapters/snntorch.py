@@ -131,8 +131,7 @@ def _forward(self, input_, mem=None):
     if self.init_hidden and mem is not None:
         raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
     ctx = self._saf_ctx
-    if self is ctx.entry:
-        input_ = ctx.enter(input_)
+    input_ = ctx.arrive(self, input_)
     fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
     if not self.mem.shape == input_.shape:
         fresh = True
@@ -159,6 +158,7 @@ def _forward(self, input_, mem=None):
     self.mem = mem_new
     self._saf_mem_ref = mem_new
     if self is ctx.exit:
+        ctx.depart()
         if ctx.mode == "F":
             out = out / ctx.series(ctx.decay, like=out)[0]
         else:
