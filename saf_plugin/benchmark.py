@@ -389,6 +389,9 @@ def benchmark(args) -> dict:
 
 def ratios(rows: list[dict]) -> list[dict]:
     """The issue's target ratios per T, from median times and peak RSS."""
+    for r in rows:
+        if "peak_rss_bytes" in r and "rss_before_bytes" in r:
+            r["rss_increase_bytes"] = r["peak_rss_bytes"] - r["rss_before_bytes"]
     by = {(r["method"], r["T"]): r for r in rows}
     out = []
     for T in sorted({r["T"] for r in rows}):
@@ -403,21 +406,26 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "saf_f/ottt time": q("saf_f", "ottt"),
                     "saf_e_multi/bptt time": q("saf_e_multi", "bptt"),
                     "saf_e_online/ottt peak rss": q("saf_e_online", "ottt", "peak_rss_bytes"),
+                    "saf_e_online/ottt rss increase": q("saf_e_online", "ottt",
+                                                        "rss_increase_bytes"),
                     "saf_e_online/ottt saved": q("saf_e_online", "ottt", "saved_peak_bytes")})
     return out
 
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a Markdown table (the docs paste it)."""
-    lines = ["| method | T | time median [s] | min-max [s] | saved for backward [MiB] | peak RSS [MiB] |",
-             "|---|---:|---:|---:|---:|---:|"]
+    def mib(r, key, fmt):
+        return "" if key not in r else format(r[key] / 2**20, fmt)
+
+    lines = ["| method | T | time median [s] | min-max [s] | saved for backward [MiB] | "
+             "peak RSS [MiB] | RSS increase in the iteration [MiB] |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        saved = r.get("saved_peak_bytes")
-        rss = r.get("cuda_peak_bytes", r.get("peak_rss_bytes"))
+        peak = "cuda_peak_bytes" if "cuda_peak_bytes" in r else "peak_rss_bytes"
         lines.append(f"| {r['method']} | {r['T']} | {r['time_median_s']:.3f} | "
                      f"{r['time_min_s']:.3f}-{r['time_max_s']:.3f} | "
-                     f"{'' if saved is None else f'{saved / 2**20:.1f}'} | "
-                     f"{'' if rss is None else f'{rss / 2**20:.0f}'} |")
+                     f"{mib(r, 'saved_peak_bytes', '.1f')} | {mib(r, peak, '.0f')} | "
+                     f"{mib(r, 'rss_increase_bytes', '.0f')} |")
     return "\n".join(lines)
 
 
