@@ -10,6 +10,7 @@
 from .convert import check, fix, saf_mode, set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
 from .registry import register_linear
+from .training import EpochStats, reset_state, train_epoch, train_step
 
 __all__ = [
     "set_saf",
@@ -21,5 +22,9 @@ __all__ = [
     "SAFIncompatibleError",
     "SAFStateError",
     "register_linear",
+    "train_step",
+    "train_epoch",
+    "reset_state",
+    "EpochStats",
 ]
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The main job: a small SpikingJelly conv SNN on scikit-learn's handwritten digits, trained
 once with ordinary BPTT and once after ``set_saf(net, "E")`` (online, per-step backward).
 
-    python -m saf_plugin.demo [--epochs 3] [--T 8] [--batch-size 64] [--device cpu]
+    python -m saf_plugin.demo [--epochs 5] [--T 8] [--batch-size 64] [--device cpu]
 
 The digits (1797 images, 8x8) ship with scikit-learn: nothing is downloaded. Prints test
 accuracy, seconds per epoch and peak memory for each method. Peak memory is
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import set_saf
+from .training import SavedTensorMeter, train_step
 
 
 def digits(device: str, seed: int = 0):
@@ -48,46 +49,15 @@ def conv_snn() -> nn.Module:
         layer.Flatten(), layer.Linear(32 * 2 * 2, 10))
 
 
-class PeakSaved:
-    """Peak bytes held for backward while the block runs (CPU memory that grows with T)."""
-
-    def __enter__(self):
-        self.live = self.peak = 0
-
-        def pack(t):
-            self.live += t.numel() * t.element_size()
-            self.peak = max(self.peak, self.live)
-            return t
-
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
-        self._hooks.__enter__()
-        return self
-
-    def release(self):
-        """Call after each backward: what it held is freed."""
-        self.live = 0
-
-    def __exit__(self, *exc):
-        self._hooks.__exit__(*exc)
-
-
-def train_epoch(net, x, y, optimizer, T: int, batch_size: int, method: str, meter: PeakSaved):
-    from spikingjelly.activation_based import functional
-
+def train_epoch(net, x, y, optimizer, T: int, batch_size: int) -> None:
+    """One epoch of :func:`saf_plugin.train_step`: BPTT for the plain model (step mode 'm',
+    one backward through time), a backward at every step under SAF-E (step mode 's')."""
     net.train()
     for i in range(0, len(y), batch_size):
         xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        functional.reset_net(net)
-        optimizer.zero_grad()
-        if method == "bptt":  # step mode 'm': the whole sequence, one backward through time
-            out = net(xb.unsqueeze(0).repeat(T, 1, 1, 1, 1))
-            F.cross_entropy(out.mean(0), yb).backward()
-            meter.release()
-        else:  # SAF-E, step mode 's': a loss and a backward at every step, memory flat in T
-            for _ in range(T):
-                F.cross_entropy(net(xb), yb).div(T).backward()
-                meter.release()
-        optimizer.step()
+        x_seq = xb.unsqueeze(0).expand(T, *xb.shape)  # direct encoding: the image every step
+        train_step(net, x_seq, yb, lambda out, target: F.cross_entropy(out, target) / T,
+                   optimizer)
 
 
 @torch.no_grad()
@@ -117,10 +87,10 @@ def run(method: str, args) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     seconds = []
-    with PeakSaved() as meter:
+    with SavedTensorMeter(exclude=[x_tr]) as meter:  # bytes held for backward
         for _ in range(args.epochs):
             start = time.perf_counter()
-            train_epoch(net, x_tr, y_tr, optimizer, args.T, args.batch_size, method, meter)
+            train_epoch(net, x_tr, y_tr, optimizer, args.T, args.batch_size)
             seconds.append(time.perf_counter() - start)
     peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else meter.peak)
     acc = accuracy(net, x_te, y_te, args.T, step_mode)
@@ -134,7 +104,7 @@ def run(method: str, args) -> dict:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--T", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
