@@ -287,11 +287,11 @@ def saf_layer_forward(module: nn.Module, base: type, args: tuple, kwargs: dict):
         ctx.guard(module, spec)
     split = (ctx.mode == "F" and ctx.step_mode == "m" and ctx.steps > 1
              and torch.is_grad_enabled() and module._saf_split)
-    if split:  # SAF-F: steps 0..T-2 build no graph
+    if split:  # SAF-F: steps 0..T-2 build no graph, the last step's keeps no [T, ...] alive
         k = x.shape[0] * (ctx.steps - 1) // ctx.steps
         with torch.no_grad():
             head = base.forward(module, x[:k], *rest, **kwargs)
-        out = torch.cat([head, base.forward(module, x[k:], *rest, **kwargs)])
+        out = torch.cat([head, base.forward(module, x[k:].clone(), *rest, **kwargs)])
     else:
         out = base.forward(module, x, *rest, **kwargs)
     if spec is not None and spec.shift is not None:
@@ -413,7 +413,8 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
             spec.neuron.attach(module)
             swapped.append(module)
         elif (module is entry or module is exit_ or (spec is not None and (spec.shift or spec.runtime))
-              or next(module.parameters(recurse=False), None) is not None):
+              or next(module.parameters(recurse=False), None) is not None
+              or (mode == "F" and next(module.children(), None) is None)):
             _swap_layer(module, path, spec, ctx)
             swapped.append(module)
     for module in (entry, exit_):
@@ -429,7 +430,7 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
 def _swap_layer(module: nn.Module, path: str, spec: Optional[Spec], ctx: SAFContext) -> None:
     module.__class__ = _layer_class(type(module))
     module._saf_ctx, module._saf_path, module._saf_spec = ctx, path, spec
-    module._saf_split = next(module.parameters(recurse=False), None) is not None  # leaves only
+    module._saf_split = next(module.children(), None) is None  # leaves only: see saf_layer_forward
 
 
 def _revert(net: nn.Module) -> None:

@@ -169,7 +169,7 @@ def scan(
                 head, _ = forward_scan(y_seq[:-1].detach().to(sd), prev, float(lam), float(theta),
                                        input_scale, core._heaviside, save_z=False)
         prev = head[-1]
-    last = y_seq[-1].to(sd)
+    last = y_seq[-1].to(sd, copy=True)  # a copy: the graph must not keep [T, ...] alive
     if input_scale is not None:
         last = last * input_scale
     c = c_last if c_last is not None else core.bias_series(0, T, lam, like=last)[-1]
