@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 try:
     from tqdm import tqdm
@@ -310,6 +310,21 @@ def save_checkpoint(net: torch.nn.Module, path: str, *, saf_root=None, **meta) -
     torch.save({"model": net.state_dict(), **meta}, path)
     if mode is not None:
         saf_plugin.set_saf(root, mode, strict=meta.get("strict", True))
+
+
+def train_and_report(name: str, net: torch.nn.Module, task: "Task", args, train_loader,
+                     test_loader, optimizer, device: torch.device, *, scheduler=None,
+                     tensorboard: bool = False, saf_root=None, **meta) -> str:
+    """Train for ``args.epochs``, log (CSV, TensorBoard where the original had it), save the
+    plain-model checkpoint and print the final line; returns that line."""
+    out_dir = os.path.join(args.out_dir, f"{name}_{args.data}_saf{args.saf}")
+    log = RunLog(out_dir, tensorboard=tensorboard)
+    acc, spe = train_epochs(net, task, args, train_loader, test_loader, optimizer,
+                            scheduler=scheduler, log=log)
+    log.close()
+    save_checkpoint(net, os.path.join(out_dir, "checkpoint.pt"), saf_root=saf_root,
+                    args=vars(args), **meta)
+    return final_line(acc, spe, device, saf=args.saf, data=args.data)
 
 
 def print_check(net: torch.nn.Module) -> list:

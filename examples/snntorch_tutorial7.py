@@ -19,7 +19,6 @@ representation.
 
 from __future__ import annotations
 
-import os
 
 import snntorch as snn
 import snntorch.functional as SF
@@ -75,12 +74,8 @@ def main(argv=None) -> str:
         return spk[-1] if args.saf == "F" else spk.sum(0)
 
     task = C.Task(forward, predict, lambda: reset_state(net))
-    out_dir = os.path.join(args.out_dir, f"snntorch_tutorial7_{args.data}_saf{args.saf}")
-    log = C.RunLog(out_dir)
-    acc, spe = C.train_epochs(net, task, args, train_loader, test_loader, opt, log=log)
-    log.close()
-    C.save_checkpoint(net, os.path.join(out_dir, "checkpoint.pt"), args=vars(args))
-    return C.final_line(acc, spe, device, saf=args.saf, data=args.data)
+    return C.train_and_report(
+        "snntorch_tutorial7", net, task, args, train_loader, test_loader, opt, device)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ the fixed network with SpikingJelly's BPTT, for comparison).
 
 from __future__ import annotations
 
-import os
-import time
 
 import torch
 import torch.nn.functional as F
@@ -92,15 +90,10 @@ def main(argv=None) -> str:
         return out[-1] if args.saf == "F" else out.mean(0)
 
     task = C.Task(forward, predict, lambda: functional.reset_net(net))
-    out_dir = os.path.join(args.out_dir, f"conv_fashion_mnist_{args.data}_saf{args.saf}")
-    log = C.RunLog(out_dir, tensorboard=True)
-    acc, spe = C.train_epochs(net, task, args, train_loader, test_loader, opt,
-                              scheduler=sched, log=log)
-    log.close()
-    C.save_checkpoint(net, os.path.join(out_dir, "checkpoint.pt"), saf_root=net.conv_fc,
-                      args=vars(args),
-                      fixed=[f.reason for f in changes], strict=False)
-    return C.final_line(acc, spe, device, saf=args.saf, data=args.data)
+    return C.train_and_report(
+        "conv_fashion_mnist", net, task, args, train_loader, test_loader, opt, device,
+        scheduler=sched, tensorboard=True, saf_root=net.conv_fc,
+        fixed=[f.reason for f in changes], strict=False)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ like one process on the same global batches:
 from __future__ import annotations
 
 import os
-import time
 
 import torch
 import torch.distributed as dist

@@ -7,7 +7,6 @@ once on fallback. GPU (marked ``gpu``): every backend that can run on CUDA vs th
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import pytest

@@ -1,7 +1,6 @@
 """set_saf round trip, check/fix, and every refusal (with the model left untouched)."""
 
 import copy
-import pickle
 
 import pytest
 import torch

@@ -93,7 +93,6 @@ from torch import Tensor, nn
 from .. import core
 from ..errors import SAFStateError
 from ..registry import NeuronAdapter, Spec, register, register_linear
-from . import torch_nn
 
 _SAF_CLASSES: dict[type, type] = {}
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
