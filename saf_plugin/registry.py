@@ -88,9 +88,6 @@ def register_linear(
     register(cls, Spec("linear", shift=shift))
 
 
-_LEGACY_ADAPTERS = {"spikingjelly": "saf_plugin.adapters.spikingjelly_legacy"}
-
-
 def spikingjelly_is_legacy() -> bool:
     """True for SpikingJelly 0.0.0.0.14 (no ``__version__``, no ``_ops``; CuPy backends)."""
     sj = sys.modules.get("spikingjelly")
@@ -106,16 +103,11 @@ def spikingjelly_is_legacy() -> bool:
 
 
 def load_adapters() -> None:
-    """Import the adapters of the libraries the user has imported (never import them ourselves).
-
-    SpikingJelly 0.0.0.0.14 gets its own adapter (``adapters/spikingjelly_legacy.py``).
-    """
+    """Import the adapters of the libraries the user has imported (never import them ourselves)."""
     from .adapters import torch_nn  # noqa: F401
 
     for lib, adapter in _ADAPTERS.items():
         if lib in sys.modules:
-            if lib == "spikingjelly" and spikingjelly_is_legacy():
-                adapter = _LEGACY_ADAPTERS[lib]
             importlib.import_module(adapter)
 
 

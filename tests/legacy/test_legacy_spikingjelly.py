@@ -81,12 +81,13 @@ def run_saf(net, x, step_mode):
     return net(x) if step_mode == "m" else torch.stack([net(xt) for xt in x])
 
 
-def test_the_legacy_adapter_is_loaded():
+def test_the_spikingjelly_adapter_serves_the_legacy_generation():
     assert registry.spikingjelly_is_legacy()
     registry.load_adapters()
     spec = registry.lookup(lif())
     assert spec is not None and spec.neuron is not None
-    assert spec.neuron.saf_class.__module__.endswith("spikingjelly_legacy")
+    assert spec.neuron.saf_class.__module__ == "saf_plugin.adapters.spikingjelly"
+    assert spec.neuron.decay(lif()) == 0.5
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])
