@@ -28,7 +28,7 @@ from .errors import Finding, SAFIncompatibleError, SAFStateError
 from .registry import Spec, load_adapters, lookup
 
 MODES = ("E", "F", None)
-_LAYER_CLASSES: dict[type, type] = {}
+_LAYER_CLASSES: dict[tuple, type] = {}
 
 
 # --------------------------------------------------------------------------- the walk
@@ -322,15 +322,17 @@ def _add_series(ctx: SAFContext, module: nn.Module, spec: Spec, out: Tensor) -> 
     return (view + coef * shift).reshape(out.shape)
 
 
-def _layer_class(cls: type) -> type:
-    if cls not in _LAYER_CLASSES:
+def _layer_class(cls: type, spec: Optional[Spec]) -> type:
+    methods = {} if spec is None else spec.methods
+    key = (cls, tuple(sorted(methods)))
+    if key not in _LAYER_CLASSES:
         def forward(self, *args, **kwargs):
             return saf_layer_forward(self, cls, args, kwargs)
 
-        _LAYER_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
+        _LAYER_CLASSES[key] = type(f"SAF{cls.__name__}", (cls,), {
+            "forward": forward, "_saf_base": cls, "__module__": cls.__module__, **methods,
             "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _LAYER_CLASSES[cls]
+    return _LAYER_CLASSES[key]
 
 
 # --------------------------------------------------------------------------- set_saf
@@ -428,7 +430,7 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
 
 
 def _swap_layer(module: nn.Module, path: str, spec: Optional[Spec], ctx: SAFContext) -> None:
-    module.__class__ = _layer_class(type(module))
+    module.__class__ = _layer_class(type(module), spec)
     module._saf_ctx, module._saf_path, module._saf_spec = ctx, path, spec
     module._saf_split = next(module.children(), None) is None  # leaves only: see saf_layer_forward
 
@@ -443,6 +445,6 @@ def _revert(net: nn.Module) -> None:
         if spec is not None and spec.role == "neuron":
             spec.neuron.detach(module)
         module.__class__ = type(module)._saf_base
-        for name in ("_saf_ctx", "_saf_path", "_saf_spec", "_saf_split"):
-            module.__dict__.pop(name, None)
+        for name in [n for n in module.__dict__ if n.startswith("_saf_")]:
+            del module.__dict__[name]
     _invalidate_reset_cache(net)

@@ -51,6 +51,8 @@ class Spec:
     runtime:  the judgement depends on ``module.training``: re-judge at every SAF call.
     dynamics: method names whose overriding in a subclass changes the maths (subclasses that
               override them are not covered by this spec).
+    methods:  extra methods of the module's SAF class (e.g. a cache that is only valid because
+              SAF runs the layer on constant weights within a sequence).
     """
 
     role: Role
@@ -60,6 +62,7 @@ class Spec:
     neuron: Optional[NeuronAdapter] = None
     repair: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
+    methods: dict[str, Callable] = field(default_factory=dict)
     owner: type = field(default=object, repr=False)
 
 

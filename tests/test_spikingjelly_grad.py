@@ -269,3 +269,27 @@ def test_saf_f_multistep_with_a_container_as_entry(float64):
     torch.testing.assert_close(multi, single, rtol=0, atol=1e-12)
     multi[-1].sum().backward()
     assert inner[0].weight.grad.abs().sum() > 0
+
+
+def test_weight_standardisation_is_cached_only_while_the_weights_do_not_change(float64, monkeypatch):
+    from spikingjelly.activation_based import layer as sj_layer
+
+    calls = []
+    original = sj_layer.WSConv2d.get_weight
+    monkeypatch.setattr(sj_layer.WSConv2d, "get_weight",
+                        lambda self: calls.append(1) or original(self))
+    net = M.strengthen(M.vgg(width=4), gain=2.0, bias=0.3)
+    x = torch.rand(5, 2, 3, 16, 16)
+    saf_plugin.set_saf(net, "F")
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    with torch.no_grad():
+        M.run(net, x, "s")
+    n_convs = sum(isinstance(m, sj_layer.WSConv2d) for m in net.modules())
+    assert len(calls) == n_convs, "steps 0..T-1 without autograd standardise each weight once"
+    net(x[-1]).sum().backward()  # with autograd: recomputed (the graph needs it)
+    opt.step()  # in-place update: the cache must not serve the old weights
+    with torch.no_grad():
+        after = M.run(net, x, "s")
+    fresh = saf_plugin.set_saf(copy.deepcopy(saf_plugin.set_saf(net, None)), "F")
+    with torch.no_grad():
+        torch.testing.assert_close(after, M.run(fresh, x, "s"), rtol=0, atol=0)

@@ -132,12 +132,31 @@ def repair_maxpool(m: nn.Module):
     return new, f"replaced {type(m).__name__} by layer.{type(new).__name__} (same geometry)"
 
 
+def cached_standardised_weight(self):
+    """WSConv2d/WSLinear under SAF: without autograd (SAF-F's steps 0..T−2, inference) the
+    standardised weight is computed once per weight version instead of at every step."""
+    base = type(self)._saf_base
+    if torch.is_grad_enabled():
+        return base.get_weight(self)
+    gain = getattr(self, "gain", None)
+    key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
+                for p in (self.weight, gain) if p is not None)
+    cached = self.__dict__.get("_saf_ws_cache")
+    if cached is None or cached[0] != key:
+        cached = (key, base.get_weight(self))
+        self.__dict__["_saf_ws_cache"] = cached
+    return cached[1]
+
+
 def _layers(*names: str) -> list[type]:
     return [getattr(layer, name) for name in names if hasattr(layer, name)]
 
 
-for _cls in _layers("Linear", "Conv1d", "Conv2d", "Conv3d", "WSConv2d", "WSLinear"):
+for _cls in _layers("Linear", "Conv1d", "Conv2d", "Conv3d"):
     register_linear(_cls, shift=torch_nn.bias_shift)
+for _cls in _layers("WSConv2d", "WSLinear"):
+    register(_cls, Spec("linear", shift=torch_nn.bias_shift,
+                        methods={"get_weight": cached_standardised_weight}))
 for _cls in _layers("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
                     "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Flatten", "Dropout", "Dropout2d"):
     register_linear(_cls)
