@@ -573,8 +573,9 @@ def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict] = None) -
     for m, e in result["errors"].items():
         print(f"{m}: skipped ({e})")
     for r in result["ratios"]:
-        print("T=%d: " % r["T"] + ", ".join(f"{k} {v:.2f}" for k, v in r.items()
-                                              if k != "T" and v is not None))
+        known = [f"{k} {v:.2f}" for k, v in r.items() if k != "T" and v is not None]
+        if known:  # a ratio needs both of its methods in --methods
+            print(f"T={r['T']}: " + ", ".join(known))
     print("wrote " + ", ".join(str(p) for p in paths))
     return result
 
