@@ -17,6 +17,7 @@ class, and SAF state lives in attributes that ``set_saf(net, None)`` deletes aga
 
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Iterator, Optional
 
@@ -90,6 +91,59 @@ def check(net: nn.Module) -> list[Finding]:
         findings.append(Finding("", type(net).__name__, "unsupported",
                                 "neurons mix step modes 's' and 'm'",
                                 "use functional.set_step_mode(net, 's' or 'm') first"))
+    findings += _mixed_decay_findings(net)
+    return findings
+
+
+def _mixed_decay_findings(net: nn.Module) -> list[Finding]:
+    """Receivers fed by neurons of different decays (e.g. a skip connection across layers of
+    different τ, or learnable τ): SAF re-accumulates a neuron's input from ONE sender decay,
+    so such a mix is not exact. Found on the torch.fx data-flow graph; a model fx cannot
+    trace (data-dependent Python control flow) is not analysed."""
+    import torch.fx
+
+    def is_leaf(m: nn.Module) -> bool:
+        spec = lookup(m)
+        return (spec is not None and spec.role != "container") or next(m.children(), None) is None
+
+    class Tracer(torch.fx.Tracer):
+        def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+            return is_leaf(m)
+
+    try:  # on a copy: tracing runs the forward's Python (e.g. snnTorch's init_leaky())
+        graph = Tracer().trace(copy.deepcopy(net))
+    except Exception:  # noqa: BLE001 - any tracing failure means "not analysed"
+        return []
+    decays: dict[str, tuple[float, bool]] = {}
+    sources: dict = {}
+    findings = []
+    for node in graph.nodes:
+        upstream = set().union(*(sources.get(a, set()) for a in node.all_input_nodes))
+        module = net.get_submodule(node.target) if node.op == "call_module" else None
+        spec = lookup(module) if module is not None else None
+        receiver = node.op == "output" or (spec is not None and spec.role == "neuron")
+        if receiver and len(upstream) > 1:
+            values = {decays[p] for p in upstream}
+            if len({v for v, _ in values}) > 1 or any(learn for _, learn in values):
+                where = node.target if node.op == "call_module" else ""
+                what = "neuron" if node.op == "call_module" else "model output"
+                findings.append(Finding(
+                    where, type(module).__name__ if module is not None else type(net).__name__,
+                    "approximate",
+                    f"this {what} receives from neurons of different or learnable decays "
+                    f"({', '.join(sorted(upstream))}); SAF re-accumulates its input from one "
+                    "sender decay, so the mix is not exact",
+                    "give the neurons feeding one layer the same fixed τ, or pass strict=False"))
+        if spec is not None and spec.role == "neuron":
+            try:
+                decay = spec.neuron.decay(module)  # AttributeError: a refused class
+                decays[node.target] = (float(decay.detach()) if torch.is_tensor(decay) else
+                                       float(decay), torch.is_tensor(decay) and decay.requires_grad)
+            except (AttributeError, TypeError, ValueError, RuntimeError):  # refused anyway
+                decays[node.target] = (float("nan"), False)
+            sources[node] = {node.target}
+        else:
+            sources[node] = upstream
     return findings
 
 

@@ -227,3 +227,39 @@ def test_modules_registered_out_of_order_raise_instead_of_a_silent_wrong_answer(
     functional.reset_net(net)
     with pytest.raises(saf_plugin.SAFStateError, match="ran before the model's entry module readout"):
         net(torch.rand(2, 4))
+
+
+class MixedSkip(nn.Module):
+    """A skip connection across neurons of different τ: not exact under SAF."""
+
+    def __init__(self, tau2=4.0):
+        super().__init__()
+        self.fc1 = layer.Linear(4, 8)
+        self.sn1 = M.lif(2.0)
+        self.fc2 = layer.Linear(8, 8)
+        self.sn2 = M.lif(tau2)
+        self.fc3 = layer.Linear(8, 8)
+        self.sn3 = M.lif(2.0)
+
+    def forward(self, x):
+        a = self.sn1(self.fc1(x))
+        return self.sn3(self.fc3(self.sn2(self.fc2(a)) + a))
+
+
+def test_skip_connection_across_different_decays_is_flagged(float64):
+    findings = {f.path: f for f in saf_plugin.check(MixedSkip(4.0))}
+    assert findings["sn3"].status == "approximate" and "sn1, sn2" in findings["sn3"].reason
+    with pytest.raises(SAFIncompatibleError, match="sn3"):
+        saf_plugin.set_saf(MixedSkip(4.0), "E")
+    # the same topology with one τ is exact, and so are chains of different τ
+    assert all(f.status == "exact" for f in saf_plugin.check(MixedSkip(2.0)))
+    assert all(f.status == "exact" for f in saf_plugin.check(M.mlp(taus=(2.0, 4.0))))
+
+
+def test_skip_connection_with_one_decay_is_exact(float64):
+    torch.manual_seed(3)
+    net = M.strengthen(MixedSkip(2.0), gain=2.5, bias=0.8)
+    x = torch.rand(8, 6, 4)
+    ref = M.run(net, x, "s")
+    saf_plugin.set_saf(net, "E")
+    torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
