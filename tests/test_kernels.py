@@ -99,10 +99,17 @@ def run_both(y, acc0, lam, theta, scale, sur, mode="E", backend="torch", c_last=
 # ----------------------------------------------------------------------------- CPU: torch
 
 
+def assert_grad_close(got, want):
+    """The forward is bit-identical; the backward evaluates the surrogate's derivative in one
+    vectorised call over [T, ...] instead of per step, so it may differ in the last bits."""
+    eps = torch.finfo(want.dtype).eps
+    torch.testing.assert_close(got, want, rtol=8 * eps, atol=8 * eps * want.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("sname", ["sigmoid4", "atan2", "pwq", "custom"])
 @pytest.mark.parametrize("case", range(12))
-def test_torch_backend_is_bit_identical_to_oracle(dtype, sname, case):
+def test_torch_backend_forward_is_bit_identical_to_oracle(dtype, sname, case):
     shape, T, lam, theta, scale = cases(12)[case]
     sur = surrogates()[sname]
     y = inputs(shape, T, dtype, seed=case)
@@ -110,7 +117,7 @@ def test_torch_backend_is_bit_identical_to_oracle(dtype, sname, case):
     acc_k, g_k, acc_o, g_o = run_both(y, acc0, lam, theta, scale, sur)
     assert acc_k.dtype == dtype
     assert torch.equal(acc_k, acc_o)
-    assert torch.equal(g_k, g_o)
+    assert_grad_close(g_k, g_o)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -124,7 +131,7 @@ def test_half_inputs_run_fp32_state(dtype, case):
     acc_k, g_k, acc_o, g_o = run_both(y, None, lam, theta, scale, sur)
     assert acc_k.dtype == dtype and g_k.dtype == dtype
     assert torch.equal(acc_k, acc_o.to(dtype))
-    assert torch.equal(g_k, g_o.to(dtype))
+    assert_grad_close(g_k.float(), g_o.to(dtype).float())
     _, last = kernels.scan(y.detach(), None, lam=lam, theta=theta, input_scale=scale,
                            surrogate=sur, backend="torch")
     assert last.dtype == torch.float32 and torch.equal(last, acc_o[-1].detach())
@@ -138,7 +145,7 @@ def test_saf_f_matches_oracle(dtype, case):
     c = core.bias_series(0, T, lam, like=y.detach())[-1]
     acc_k, g_k, acc_o, g_o = run_both(y, None, lam, theta, scale, None, mode="F", c_last=c)
     assert torch.equal(acc_k, acc_o)
-    assert torch.equal(g_k, g_o)
+    assert_grad_close(g_k, g_o)
     assert (g_k[:-1] == 0).all()  # SAF-F: gradient at the final step only
 
 
@@ -150,7 +157,8 @@ def test_inputs_exactly_at_threshold_fire(lam):
     y = torch.tensor([[1.0, 0.75], [1.0 + lam, 0.5 + lam * 0.0], [2.0 * lam + 1.0, 3.0]])
     sur = surrogates()["sigmoid4"]
     acc_k, g_k, acc_o, g_o = run_both(y, None, lam, theta, None, sur)
-    assert torch.equal(acc_k, acc_o) and torch.equal(g_k, g_o)
+    assert torch.equal(acc_k, acc_o)
+    assert_grad_close(g_k, g_o)
     spikes = core.deaccumulate(acc_k.detach(), lam)
     assert spikes[0, 0] == 1 and spikes[1, 0] == 1 and spikes[0, 1] == 0
 
@@ -262,7 +270,7 @@ def test_gpu_backend_vs_oracle(backend, dtype, sname, case):
     acc_k, g_k, acc_o, g_o = run_both(y, acc0, lam, theta, scale, sur, backend=backend)
     assert torch.equal(acc_k, acc_o.to(dtype))  # spikes identical: every rounding matches
     if backend == "torch":
-        assert torch.equal(g_k, g_o.to(dtype))
+        assert_grad_close(g_k.float(), g_o.to(dtype).float())
     else:  # the surrogate's CUDA code rounds differently in the last bits
         torch.testing.assert_close(g_k.float(), g_o.to(dtype).float(), rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-6)
 
@@ -280,7 +288,8 @@ def test_gpu_threshold_and_saf_f(backend):
     c = core.bias_series(0, 3, lam, like=y)[-1]
     acc_k, g_k, acc_o, g_o = run_both(y, None, lam, theta, None, None, mode="F",
                                       backend=backend, c_last=c)
-    assert torch.equal(acc_k, acc_o) and torch.equal(g_k, g_o)
+    assert torch.equal(acc_k, acc_o)
+    assert_grad_close(g_k, g_o)
 
 
 @pytest.mark.gpu

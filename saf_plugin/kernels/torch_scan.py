@@ -1,6 +1,7 @@
-"""The SAF multi-step scan in plain PyTorch: a custom autograd Function bit-identical to
-:func:`saf_plugin.core.saf_e_step` applied step by step (the oracle), but saving one tensor
-z[t] = u[t] − θ per step instead of a graph per step.
+"""The SAF multi-step scan in plain PyTorch: a custom autograd Function whose forward is
+bit-identical to :func:`saf_plugin.core.saf_e_step` applied step by step (the oracle) and whose
+backward agrees with it to rounding, saving one tensor z[t] = u[t] − θ per step instead of a
+graph per step.
 
 Forward, per step (â[−1] = 0, â[t−1] a constant):
 
@@ -47,15 +48,13 @@ def forward_scan(y32: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
 
 
 def surrogate_grad(surrogate: Surrogate, z: Tensor, grad: Tensor) -> Tensor:
-    """σ'(z) · grad through the surrogate's own autograd backward, step by step: CPU kernels
-    vectorise by position (SIMD body vs scalar tail), so one call on [T, ...] could round
-    differently from the oracle's per-step calls."""
-    out = torch.empty_like(z)
+    """σ'(z) · grad through the surrogate's own autograd backward, in one call over [T, ...]
+    (SAF-E's backward is elementwise: no step depends on another). CPU kernels vectorise by
+    position, so this can differ from the oracle's per-step calls in the last bit."""
     with torch.enable_grad():
-        for t in range(z.shape[0]):
-            zz = z[t].detach().requires_grad_(True)
-            s = surrogate(zz)
-            (out[t],) = torch.autograd.grad(s, zz, grad[t].to(s.dtype))
+        zz = z.detach().requires_grad_(True)
+        s = surrogate(zz)
+        (out,) = torch.autograd.grad(s, zz, grad.to(s.dtype))
     return out
 
 
