@@ -250,8 +250,10 @@ class SAFContext:
         if self.running and not fresh:
             raise SAFStateError(
                 f"the model's exit module {self.exit._saf_path or '<root>'} did not run in the "
-                "previous step: saf-plugin takes the last registered module as the one that "
-                "returns the output; register submodules in the order forward uses them")
+                "previous step: either that step was interrupted (reset the model, e.g. "
+                "functional.reset_net(net), before the next sequence) or forward uses its "
+                "submodules in another order than they are registered (saf-plugin takes the "
+                "last registered module as the one that returns the output)")
         self.running = True
         self.decay = _as_float(self.clock_adapter.decay(self.clock))
         prev = None if fresh else self.input_acc

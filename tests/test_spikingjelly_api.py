@@ -263,3 +263,21 @@ def test_skip_connection_with_one_decay_is_exact(float64):
     ref = M.run(net, x, "s")
     saf_plugin.set_saf(net, "E")
     torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
+
+
+def test_an_interrupted_step_is_reported_and_a_reset_recovers(float64):
+    net = M.mlp()
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    net(torch.rand(2, 12))
+    def interrupt(module, args):
+        raise KeyboardInterrupt
+
+    handle = net[3].register_forward_pre_hook(interrupt)  # after the entry ran
+    with pytest.raises(KeyboardInterrupt):
+        net(torch.rand(2, 12))
+    handle.remove()
+    with pytest.raises(saf_plugin.SAFStateError, match="interrupted"):
+        net(torch.rand(2, 12))
+    functional.reset_net(net)
+    net(torch.rand(2, 12))
