@@ -144,15 +144,8 @@ def saf_e_step(
     stands alone.  ``reset_decay`` replaces the λ of the reset term (see :func:`lif_spike`).
     Returns (â[t], u[t]).
     """
-    if acc_prev is None:
-        u = y
-        acc = surrogate(u - theta)
-    else:
-        prev = acc_prev.detach()
-        kappa = lam if reset_decay is None else reset_decay
-        u = y - (theta * kappa) * prev
-        acc = lam * prev + surrogate(u - theta)
-    return acc, u
+    s, u = lif_spike(y, acc_prev, lam, theta, surrogate, reset_decay=reset_decay)
+    return accumulate_step(s, None if acc_prev is None else acc_prev.detach(), lam), u
 
 
 def saf_f_step(
