@@ -111,7 +111,7 @@ def _mixed_decay_findings(net: nn.Module) -> list[Finding]:
             return is_leaf(m)
 
     try:  # on a copy: tracing runs the forward's Python (e.g. snnTorch's init_leaky())
-        graph = Tracer().trace(copy.deepcopy(net))
+        graph = Tracer().trace(_meta_copy(net))
     except Exception:  # noqa: BLE001 - any tracing failure means "not analysed"
         return []
     decays: dict[str, tuple[float, bool]] = {}
@@ -145,6 +145,15 @@ def _mixed_decay_findings(net: nn.Module) -> list[Finding]:
         else:
             sources[node] = upstream
     return findings
+
+
+def _meta_copy(net: nn.Module) -> nn.Module:
+    """A deep copy whose parameters and buffers live on the meta device (no data copied)."""
+    memo: dict = {}
+    for t in [*net.parameters(), *net.buffers()]:
+        meta = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
+    return copy.deepcopy(net, memo)
 
 
 def fix(net: nn.Module) -> list[Finding]:
