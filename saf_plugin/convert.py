@@ -447,6 +447,13 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.M
     if mode not in MODES:
         raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
     load_adapters()
+    own = getattr(net, "_saf_root_ctx", None)
+    foreign = next((p for p, m in net.named_modules()
+                    if m.__dict__.get("_saf_ctx") not in (None, own)), None)
+    if foreign is not None:
+        raise SAFStateError(
+            f"{foreign or '<root>'} is already switched to SAF by set_saf on another module "
+            "(a submodule or an enclosing model); call set_saf(that_module, None) first")
     if mode is None:
         _revert(net)
         return net

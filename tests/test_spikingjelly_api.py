@@ -281,3 +281,15 @@ def test_an_interrupted_step_is_reported_and_a_reset_recovers(float64):
         net(torch.rand(2, 12))
     functional.reset_net(net)
     net(torch.rand(2, 12))
+
+
+def test_nested_set_saf_is_refused(float64):
+    net = nn.Sequential(M.mlp(), layer.Linear(5, 2))
+    saf_plugin.set_saf(net[0], "E")
+    with pytest.raises(saf_plugin.SAFStateError, match="already switched to SAF"):
+        saf_plugin.set_saf(net, "E")
+    with pytest.raises(saf_plugin.SAFStateError, match="already switched to SAF"):
+        saf_plugin.set_saf(net[0][1], None)  # a submodule of a SAF model
+    saf_plugin.set_saf(net[0], None)
+    saf_plugin.set_saf(net, "E")
+    assert saf_plugin.saf_mode(net) == "E"
