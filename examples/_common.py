@@ -327,6 +327,21 @@ def train_and_report(name: str, net: torch.nn.Module, task: "Task", args, train_
     return final_line(acc, spe, device, saf=args.saf, data=args.data)
 
 
+def batchnorm_as_affine(net: torch.nn.Module) -> int:
+    """Run every BatchNorm of ``net`` in eval mode whatever ``net.train()`` says: a per-channel
+    affine map (learnable γ and β, running statistics frozen), which SAF reproduces exactly.
+    Train-mode BatchNorm normalises the growing accumulations with batch statistics; on the
+    CSNN that keeps SAF-E from learning at all. Returns how many BatchNorms were changed."""
+    def keep_eval(module, args) -> None:  # a pre-hook's return value would replace the input
+        module.eval()
+
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.eval()
+        bn.register_forward_pre_hook(keep_eval)
+    return len(bns)
+
+
 def print_check(net: torch.nn.Module) -> list:
     """Print what ``saf_plugin.check`` says, one line per module that is not exact."""
     findings = saf_plugin.check(net)
