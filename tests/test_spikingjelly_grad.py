@@ -293,3 +293,29 @@ def test_weight_standardisation_is_cached_only_while_the_weights_do_not_change(f
     fresh = saf_plugin.set_saf(copy.deepcopy(saf_plugin.set_saf(net, None)), "F")
     with torch.no_grad():
         torch.testing.assert_close(after, M.run(fresh, x, "s"), rtol=0, atol=0)
+
+
+def test_saf_e_gradients_equal_ottt_when_the_model_ends_with_a_neuron(float64):
+    """The exit is a neuron: SAF returns its spikes s[t] = â[t] − λ â[t−1]."""
+    torch.manual_seed(19)
+    ottt = layer.OTTTSequential(layer.Linear(12, 32), neuron.OTTTLIFNode(tau=2.0),
+                                layer.Linear(32, 5), neuron.OTTTLIFNode(tau=2.0))
+    M.strengthen(ottt, gain=2.0, bias=0.5).train()
+    saf = saf_plugin.set_saf(copy.deepcopy(ottt), "E")
+    x_seq, target = torch.rand(6, 6, 12), torch.rand(6, 5)
+    functional.reset_net(ottt)
+    functional.reset_net(saf)
+    trace, fired = None, 0.0
+    for x in x_seq:
+        trace = x if trace is None else LAM * trace + x
+        ottt.zero_grad()
+        saf.zero_grad()
+        spike, _ = ottt([x, trace])  # OTTTLIFNode returns [spike, trace] in training
+        F.mse_loss(spike, target).backward()
+        functional.detach_net(ottt)
+        out = saf(x)
+        F.mse_loss(out, target).backward()
+        assert torch.equal(out, spike)
+        fired += float(spike.mean())
+        assert_grads_close(grads(saf), grads(ottt))
+    assert fired > 0
