@@ -455,6 +455,15 @@ def snntorch_unroll(net, x_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(spk), torch.stack(mem)
 
 
+def saf_with_affine_batchnorm(net: torch.nn.Module, root: torch.nn.Module, mode: str) -> None:
+    """Switch ``root`` (the part of ``net`` that runs the sequence) to SAF ``mode`` with every
+    BatchNorm of ``net`` run as a learnable affine map (:func:`batchnorm_as_affine`): train-mode
+    BatchNorm is not exact under SAF, eval-mode BatchNorm is."""
+    print(f"BatchNorm as affine (eval mode) under SAF: {batchnorm_as_affine(net)} modules")
+    print_check(net)
+    saf_plugin.set_saf(root, mode)
+
+
 def fix_and_report(net) -> list:
     """``saf_plugin.fix`` with one printed line per change."""
     changes = saf_plugin.fix(net)

@@ -21,7 +21,7 @@ from torch import nn
 
 import _common as C
 import saf_plugin
-from saf_plugin.training import reset_state
+from saf_plugin.training import prediction, reset_state
 
 
 class Net(nn.Module):
@@ -71,10 +71,7 @@ def main(argv=None) -> str:
             return spk, F.cross_entropy(spk[-1], y)
         return spk, sum(F.cross_entropy(mem[t], y) for t in range(args.T))
 
-    def predict(spk):
-        return spk[-1] if args.saf == "F" else spk.sum(0)
-
-    task = C.Task(forward, predict, lambda: reset_state(net))
+    task = C.Task(forward, lambda out: prediction(out, args.saf), lambda: reset_state(net))
     return C.train_and_report(
         "snntorch_tutorial5", net, task, args, train_loader, test_loader, opt, device)
 

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
 import _common as C
-import saf_plugin
 
 try:  # the class from SpikingJelly's own example
     from spikingjelly.activation_based.examples.conv_fashion_mnist import CSNN
@@ -68,19 +67,12 @@ def main(argv=None) -> str:
     net = CSNN(T=args.T, channels=args.channels)
     print("== the original network")
     C.print_check(net)
-    changes = saf_plugin.fix(net)
-    print(f"saf_plugin.fix changed {len(changes)} modules:")
-    for f in changes:
-        print(f"  {f.path} ({f.module}): {f.reason}")
+    changes = C.fix_and_report(net)
     print("== after fix")
     C.print_check(net)
     net.to(device)
-    if args.saf != "off":
-        # train-mode BatchNorm is not exact under SAF (SAF-E then does not learn this network):
-        # run the BatchNorms as learnable affine maps (eval mode), which SAF reproduces exactly
-        print(f"BatchNorm as affine (eval mode) under SAF: {C.batchnorm_as_affine(net)} modules")
-        C.print_check(net)
-        saf_plugin.set_saf(net.conv_fc, args.saf)
+    if args.saf != "off":  # SAF on the spiking body; its BatchNorms as exact affine maps
+        C.saf_with_affine_batchnorm(net, net.conv_fc, args.saf)
 
     train, test, _ = C.load_data(args, size=(28, 28))
     train_loader, test_loader = C.loaders(args, train, test)

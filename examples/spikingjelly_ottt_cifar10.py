@@ -31,6 +31,7 @@ from spikingjelly.activation_based.model import spiking_vggws_ottt as vgg
 
 import _common as C
 import saf_plugin
+from saf_plugin.training import prediction
 
 
 def build(args) -> torch.nn.Module:
@@ -180,10 +181,7 @@ def main(argv=None) -> str:
             out = torch.stack([model(x_seq[t]) for t in range(T)])
         return out, sum(loss_t(out[t], y, T) for t in range(T))
 
-    def predict(out):
-        return out[-1] if args.saf == "F" else out.sum(0)
-
-    task = C.Task(forward, predict, lambda: functional.reset_net(model))
+    task = C.Task(forward, lambda out: prediction(out, args.saf), lambda: functional.reset_net(model))
     tag = "ottt" + ("_online" if args.online else "") if args.ottt else f"saf{args.saf}"
     out_dir = os.path.join(args.out_dir, f"ottt_cifar10_{args.data}_{tag}_w{args.width}")
     log = C.RunLog(out_dir, tensorboard=True) if rank == 0 else None

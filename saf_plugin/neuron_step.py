@@ -71,7 +71,6 @@ def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
     spike representation â/c (SAF-F).
     """
     x = ctx.arrive(module, x)
-    acc_before = st.acc
     c = ctx.series(p.decay, like=x) if ctx.mode == "F" else None
     if ctx.step_mode == "s":
         out = step(ctx, x, st, p, None if c is None else c[0])
@@ -91,11 +90,4 @@ def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
                 steps.append(step(ctx, x[t], st, p, None if c is None else c[t]))
         out = torch.stack(steps)
     ctx.decay = p.decay
-    if module is not ctx.exit:
-        return out
-    ctx.depart()
-    if ctx.mode == "F":
-        return out / c.view(-1, *([1] * (out.dim() - 1))) if ctx.step_mode == "m" else out / c[0]
-    if ctx.step_mode == "m":
-        return core.deaccumulate(out, p.decay, acc_before)
-    return core.deaccumulate_step(out, acc_before, p.decay)
+    return ctx.leave(out) if module is ctx.exit else out  # the exit: spikes, or â/c in SAF-F

@@ -157,10 +157,10 @@ def _forward(self, input_, mem=None):
     self.mem = mem_new
     self._saf_mem_ref = mem_new
     if self is ctx.exit:
-        ctx.depart()
         if ctx.mode == "F":
-            out = out / ctx.series(ctx.decay, like=out)[0]
+            out = ctx.leave(out)  # the spike representation ô[t]/c[t]
         else:
+            ctx.depart()
             out = out if self._saf_spk is None else self._saf_spk
     self._saf_spk = None
     if self.output or not self.init_hidden:
