@@ -40,6 +40,7 @@ __all__ = [
     "saf_e_step",
     "saf_f_step",
     "decay_gradient_term",
+    "heaviside",
 ]
 
 
@@ -167,7 +168,7 @@ def saf_f_step(
     [x > 0]); ``reset_decay`` as in :func:`lif_spike`.  Returns (â[t], u[t]).
     """
     with torch.no_grad():
-        acc, u = saf_e_step(y, acc_prev, lam, theta, spike_fn or _heaviside,
+        acc, u = saf_e_step(y, acc_prev, lam, theta, spike_fn or heaviside,
                             reset_decay=reset_decay)
     rep = spike_representation(y, theta, c)
     return acc + (rep - rep.detach()), u
@@ -194,5 +195,6 @@ def decay_gradient_term(
         return term - y if decay_input else term
 
 
-def _heaviside(x: Tensor) -> Tensor:
+def heaviside(x: Tensor) -> Tensor:
+    """H(x) = [x >= 0] in the dtype of x (SpikingJelly's convention; the forward of SAF-F)."""
     return (x >= 0).to(x.dtype)

@@ -167,7 +167,7 @@ def scan(
                 head = CupyScan.apply(y_seq[:-1], prev, float(lam), float(theta), input_scale, None)
             else:
                 head, _ = forward_scan(y_seq[:-1].detach().to(sd), prev, float(lam), float(theta),
-                                       input_scale, core._heaviside, save_z=False)
+                                       input_scale, core.heaviside, save_z=False)
         prev = head[-1]
     last = y_seq[-1].to(sd, copy=True)  # a copy: the graph must not keep [T, ...] alive
     if input_scale is not None:
