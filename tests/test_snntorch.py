@@ -368,6 +368,29 @@ def test_fix_repairs_zero_reset_and_maxpool_in_place():
     assert torch.equal(s0, s1) and torch.allclose(m0, m1, atol=1e-5)
 
 
+class _TwoBranches(nn.Module):
+    """An ordinary model that keeps two same-width BatchNorms (eval mode) in a ModuleList."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.bns = nn.ModuleList([nn.BatchNorm2d(4), nn.BatchNorm2d(4)])
+        self.lif = snn.Leaky(0.5, init_hidden=True, output=True)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.lif(self.bns[0](y) + self.bns[1](y))
+
+
+def test_ordinary_modulelist_of_batchnorms_is_not_bntt():
+    net = _TwoBranches().eval()
+    findings = {f.path: f for f in saf_plugin.check(net)}
+    assert findings["bns"].status == "exact", findings["bns"].line()
+    assert "BatchNormTT" not in "".join(f.line() for f in findings.values())
+    bntt = {f.path: f for f in saf_plugin.check(nn.Sequential(snn.BatchNormTT2d(4, 3)))}
+    assert bntt["0"].status == "unsupported" and "BatchNormTT" in bntt["0"].reason
+
+
 # --------------------------------------------------------------------------- gradients
 
 

@@ -359,18 +359,27 @@ if _graded is not None:
     register_linear(_graded)
 
 
+def _is_bntt(kids) -> bool:
+    """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of
+    one width, affine, with the bias removed (``bn.bias = None``). An ordinary list of
+    BatchNorms keeps its bias and is not BNTT. (BNTT built with ``affine=False`` looks like any
+    list of non-affine BatchNorms and is not recognised.)"""
+    if len(kids) < 2 or type(kids[0]) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return False
+    first = kids[0]
+    return all(type(k) is type(first) and k.num_features == first.num_features and k.affine
+               and k.weight is not None and k.bias is None for k in kids)
+
+
 def judge_modulelist(m: nn.Module):
     """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""
     kids = list(m.children())
-    if len(kids) > 1 and all(isinstance(k, nn.modules.batchnorm._BatchNorm) for k in kids):
-        first = kids[0]
-        same = all(type(k) is type(first) and k.num_features == first.num_features for k in kids)
-        if same:
-            return ("unsupported",
-                    f"a ModuleList of {len(kids)} {type(first).__name__} (snntorch.BatchNormTT: "
-                    "one BatchNorm per time step) is a time-varying affine map, which SAF's "
-                    "accumulations cannot carry",
-                    "use one BatchNorm (in eval mode) or weight-standardised layers")
+    if _is_bntt(kids):
+        return ("unsupported",
+                f"a ModuleList of {len(kids)} {type(kids[0]).__name__} (snntorch.BatchNormTT: "
+                "one BatchNorm per time step) is a time-varying affine map, which SAF's "
+                "accumulations cannot carry",
+                "use one BatchNorm (in eval mode) or weight-standardised layers")
     return ("exact", "container", "")
 
 
