@@ -56,6 +56,8 @@ def test_mkdocs_build_strict(tmp_path):
     if shutil.which("mkdocs") is None and importlib.util.find_spec("mkdocs") is None:
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
     pytest.importorskip("mkdocstrings")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q",
+    # as a user runs it: no -q (which hides the warnings that --strict turns into errors)
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict",
                         "-d", str(tmp_path / "site")], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARNING" not in r.stdout + r.stderr, r.stdout + r.stderr

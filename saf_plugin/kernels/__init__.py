@@ -3,7 +3,7 @@
     acc_seq, acc_last = saf_plugin.kernels.scan(y_seq, acc_prev, lam=λ, theta=θ,
                                                 input_scale=None, surrogate=σ, mode="E")
 
-``y_seq`` [T, B, ...] is Y[t], the layer's accumulated input; the result â[t] [T, B, ...] is
+``y_seq`` [T, B, ...] is Y[t], the layer's accumulated input; the result â[t], shape [T, B, ...], is
 the same, step for step, as :func:`saf_plugin.core.saf_e_step` (mode "E") or
 :func:`saf_plugin.core.saf_f_step` at the last step with steps 0..T−2 graph-free (mode "F"):
 
