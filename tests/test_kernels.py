@@ -177,11 +177,11 @@ def test_no_grad_and_constant_input():
 def test_explicit_unavailable_backend_raises():
     y = torch.zeros(2, 3)
     sur = surrogates()["sigmoid4"]
-    for backend, words in (("cupy", "CUDA"), ("sj2", "not identical")):
+    for backend, words in (("cupy", "CUDA"), ("triton", "CUDA")):
         with pytest.raises(BackendUnavailableError, match=words):
             kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, backend=backend)
     with pytest.raises(ValueError, match="unknown scan backend"):
-        kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, backend="triton")
+        kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, backend="sj2")
     with pytest.raises(ValueError, match="mode"):
         kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, mode="X")
 
@@ -245,7 +245,7 @@ def test_model_multistep_scan_equals_single_step_loop(mode, float64):
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-GPU_BACKENDS = ["torch", "cupy"]
+GPU_BACKENDS = ["torch", "triton", "cupy"]
 
 
 def _runnable(backend, y, sur):
@@ -294,11 +294,11 @@ def test_gpu_threshold_and_saf_f(backend):
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_explicit_sj2_raises_and_auto_runs():
+def test_gpu_explicit_fp64_triton_raises_and_auto_runs():
     y = torch.zeros(2, 3, device="cuda")
     sur = surrogates()["sigmoid4"]
-    with pytest.raises(BackendUnavailableError):
-        kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, backend="sj2")
+    with pytest.raises(BackendUnavailableError, match="float64"):
+        kernels.scan(y.double(), None, lam=0.5, theta=1.0, surrogate=sur, backend="triton")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         acc, _ = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur)
