@@ -1,6 +1,7 @@
 """The SAF kernels generated through SpikingJelly 0.0.0.0.14's auto_cuda (saf_plugin.kernels.cupy014).
 
-CPU: the generated CUDA source (no compiler needed). GPU (marked ``gpu``): the compiled kernels
+CPU: the CUDA sources compiled for sm_90 with NVRTC (from PyTorch's CUDA wheels; nvcc if
+absent) and their PTX read: no fused multiply-add in the forward. GPU (marked ``gpu``): the compiled kernels
 against the "torch" backend, which tests/test_kernels.py proves bit-identical to the oracle.
 """
 
@@ -14,26 +15,91 @@ from saf_plugin import core, kernels
 from saf_plugin.kernels import cupy014
 
 
+def _nvrtc_library():
+    """libnvrtc from the NVIDIA wheels PyTorch's CUDA build installs (nvidia/*/lib)."""
+    import glob
+    import os
+    import sys
+
+    for d in sys.path:
+        for path in sorted(glob.glob(os.path.join(d, "nvidia", "*", "lib", "libnvrtc.so.*"))):
+            return path
+    return None
+
+
+def compile_ptx(src: str, name: str, options=()) -> str:
+    """CUDA C -> PTX for sm_90 (H100) with NVRTC (no GPU needed), else nvcc."""
+    import ctypes
+    import shutil
+    import subprocess
+    import tempfile
+
+    path = _nvrtc_library()
+    if path is None:
+        nvcc = shutil.which("nvcc")
+        assert nvcc, "neither NVRTC (PyTorch's CUDA wheels) nor nvcc found: cannot compile"
+        with tempfile.TemporaryDirectory() as d:
+            cu, ptx = f"{d}/{name}.cu", f"{d}/{name}.ptx"
+            open(cu, "w").write(src)
+            subprocess.run([nvcc, "--ptx", "-arch=compute_90", *options, cu, "-o", ptx], check=True)
+            return open(ptx).read()
+    lib = ctypes.CDLL(path)
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(),
+                                  0, None, None) == 0
+    opts = [b"--gpu-architecture=compute_90", *(o.encode() for o in options)]
+    rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    assert rc == 0, f"NVRTC: {lib.nvrtcGetErrorString(rc).decode()}\n{log.value.decode()}\n{src}"
+    lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+    ptx = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetPTX(prog, ptx)
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return ptx.value.decode()
+
+
+def fused(ptx: str) -> list[str]:
+    """PTX lines that fuse a multiply and an add (fma/mad), which round once instead of twice."""
+    return [line for line in ptx.splitlines() if line.strip().startswith(("fma", "mad"))]
+
+
 @pytest.mark.parametrize("decay_input", [False, True])
-def test_forward_kernel_source(decay_input):
-    k = cupy014.SAFFPTTKernel(decay_input)
-    src = k.full_codes
-    assert isinstance(k, cupy014.NeuronFPTTKernel)
-    assert "h_seq[t] = __fsub_rn(" in src and "__fmul_rn(theta_lam, v_v_seq[t])" in src
-    assert "v_v_seq[t + dt] = __fadd_rn(__fmul_rn(lam, v_v_seq[t]), spike_seq[t]);" in src
-    assert ("__fmul_rn(x_seq[t], scale)" in src) == decay_input
-    assert "spike_seq[t] = (h_seq[t] - v_th) >= 0.0f ? 1.0f: 0.0f;" in src
+@pytest.mark.parametrize("has_acc0", [False, True])
+@pytest.mark.parametrize("save_z", [False, True])
+def test_forward_source_compiles_for_sm90_without_fma(decay_input, has_acc0, save_z):
+    src, name = cupy014.forward_source(decay_input, has_acc0, save_z)
+    assert name in src and cupy014.forward_source(decay_input, has_acc0, save_z) == (src, name)
+    assert "long long i" in src and "spike" not in src  # 64-bit indices; no unused spike write
+    assert ("z[i] = zz;" in src) == save_z
+    ptx = compile_ptx(src, name, cupy014.OPTIONS)
+    assert f".entry {name}(" in ptx
+    assert fused(ptx) == []  # every product and sum rounds on its own, as in the PyTorch scan
 
 
 @pytest.mark.parametrize("sur", [surrogate.Sigmoid(alpha=4.0), surrogate.ATan(alpha=2.0)])
-def test_backward_kernel_source(sur):
+@pytest.mark.parametrize("decay_input", [False, True])
+def test_backward_source_compiles_for_sm90(sur, decay_input):
     assert cupy014.surrogate_codes(sur) is not None
-    k = cupy014.backward_kernel(sur, decay_input=True)
-    src = k.full_codes
-    assert isinstance(k, cupy014.NeuronBPTTKernel)
-    assert "grad_x_seq[t] = grad_spike_seq[t] * grad_s_to_h * grad_h_to_x;" in src
-    assert "grad_v_init[index]" not in src  # no gradient into â[t-1]: it is a constant
-    assert cupy014.backward_kernel(sur, True) is k
+    src, name = cupy014.backward_source(sur, decay_input)
+    assert "const float sg" in src and ("sg), scale)" in src) == decay_input
+    assert f".entry {name}(" in compile_ptx(src, name, cupy014.OPTIONS)
+
+
+def test_kernel_names_are_stable_across_processes():
+    """A name from hashlib, not hash(): CuPy's disk cache finds the kernel in the next process."""
+    import subprocess
+    import sys
+
+    code = ("from saf_plugin.kernels import cupy014; from spikingjelly.activation_based import "
+            "surrogate; print(cupy014.backward_source(surrogate.Sigmoid(), True)[1])")
+    names = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout.strip() for _ in range(2)}
+    assert names == {cupy014.backward_source(surrogate.Sigmoid(), True)[1]}
+    assert cupy014.backward_source(surrogate.Sigmoid(alpha=2.0), True)[1] not in names
 
 
 def test_surrogate_without_cuda_code_is_refused():
