@@ -43,6 +43,7 @@ except ImportError:  # SpikingJelly 0.0.0.0.14: SAF-F only (it needs no surrogat
     _sg = None
 
 BLOCK = 256
+EXACT = {"enable_fp_fusion": False}  # launch options where rounding must match the PyTorch scan
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 
@@ -151,7 +152,7 @@ def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
         y2, a0 if a0 is not None else last, acc, z if save_z else last, last, T, N,
         float(lam), float(theta * lam), float(theta), 1.0 if scale is None else float(scale),
         HAS_ACC0=a0 is not None, HAS_SCALE=scale is not None, SAVE_Z=save_z,
-        KIND=_KIND[y.dtype], BLOCK=BLOCK, enable_fp_fusion=False)
+        KIND=_KIND[y.dtype], BLOCK=BLOCK, **EXACT)
     return acc.view(y.shape), z.view(y.shape) if save_z else z, last.view(y.shape[1:])
 
 
@@ -227,7 +228,7 @@ def scan_f_backward(grad_last: Tensor, y_last: Tensor, c: Tensor, theta: float,
     _f_backward_kernel[_grid(y_last.numel())](
         g, y_last.contiguous(), c.to(torch.float32).reshape(1), dy[-1], y_last.numel(),
         float(theta), 1.0 if scale is None else float(scale), HAS_SCALE=scale is not None,
-        KIND=_KIND[y_last.dtype], BLOCK=BLOCK, enable_fp_fusion=False)
+        KIND=_KIND[y_last.dtype], BLOCK=BLOCK, **EXACT)
     return dy
 
 

@@ -1,0 +1,194 @@
+"""The Triton SAF scan (saf_plugin.kernels.triton_scan) verified without a GPU.
+
+- Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors. Triton reads that variable
+  once, so these tests run in their own process: :func:`test_interpreted_kernels` starts
+  ``pytest`` on this file with the variable set, and the ``interpret`` tests only run there.
+  They compare ``backend="triton"`` with ``backend="torch"`` (itself bit-identical to the
+  oracle, tests/test_kernels.py): â bit for bit, dL/dY within 1e-5 relative.
+- Every kernel variant compiled for sm_90 (the H100) with ``triton.compile``; the PTX of the
+  variants whose rounding must match the PyTorch scan holds no fused multiply-add.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from saf_plugin import core, kernels
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+interpret = pytest.mark.skipif(not INTERPRET, reason="runs in test_interpreted_kernels' process")
+triton = pytest.importorskip("triton")
+
+
+def test_interpreted_kernels():
+    """This file's ``interpret`` tests, in a process with TRITON_INTERPRET=1; none may skip."""
+    if INTERPRET:
+        pytest.skip("already interpreting")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
+                        "-k", "not sm90 and not test_interpreted_kernels", __file__], env=env, capture_output=True, text=True,
+                       timeout=900)
+    tail = r.stdout[-3000:] + r.stderr[-2000:]
+    assert r.returncode == 0, tail
+    assert " passed" in r.stdout and " skipped" not in r.stdout.splitlines()[-1], tail
+
+
+# ----------------------------------------------------------------------------- interpreted
+
+
+def _surrogate(name):
+    from spikingjelly.activation_based import surrogate as sg
+
+    return {"sigmoid": sg.Sigmoid(alpha=4.0), "atan": sg.ATan(alpha=2.0)}[name]
+
+
+def _inputs(T, shape, dtype, seed, theta, scale):
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.randn((T, *shape), generator=g) * 1.5 + 0.8).cumsum(0) / 2
+    flat = y.view(T, -1)
+    kappa = 1.0 if scale is None else scale
+    flat[0, :2] = torch.tensor([theta / kappa, 0.0])[:flat.shape[1]]  # u[0] = θ exactly
+    return y.to(dtype)
+
+
+def _run(backend, y, acc0, mode, surrogate, lam, theta, scale, c):
+    yy = y.clone().requires_grad_(True)
+    acc, last = kernels.scan(yy, acc0, lam=lam, theta=theta, input_scale=scale,
+                             surrogate=surrogate, mode=mode, c_last=c, backend=backend)
+    w = torch.linspace(-1, 2, acc.numel()).view(acc.shape).to(acc.dtype)
+    (acc * w).float().sum().backward()
+    return acc, last, yy.grad
+
+
+CASES = [  # (T, shape, λ, θ, decay_input): odd sizes, one and several blocks of 256
+    (1, (1,), 0.5, 1.0, False),
+    (6, (3, 7), 0.5, 1.0, True),
+    (16, (257,), 1.0 - 1.0 / 3.0, 0.5, False),
+    (5, (2, 300), 1.0, 1.3, False),
+    (3, (513,), 0.75, 1.0, True),
+]
+
+
+@interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mode,sname", [("E", "sigmoid"), ("E", "atan"), ("F", None)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("carried", [False, True])
+def test_triton_equals_torch_scan(dtype, mode, sname, case, carried):
+    T, shape, lam, theta, decay_input = CASES[case]
+    scale = 1.0 - lam if decay_input else None
+    y = _inputs(T, shape, dtype, case, theta, scale)
+    acc0 = (torch.rand(shape, generator=torch.Generator().manual_seed(9)) * 2).round() if carried else None
+    c = core.bias_series(3 if carried else 0, T, lam, like=torch.empty(0))[-1] if mode == "F" else None
+    sur = _surrogate(sname) if sname else None
+    a_t, last_t, g_t = _run("triton", y, acc0, mode, sur, lam, theta, scale, c)
+    a_o, last_o, g_o = _run("torch", y, acc0, mode, sur, lam, theta, scale, c)
+    assert a_t.dtype == dtype and g_t.dtype == dtype and last_t.dtype == torch.float32
+    assert torch.equal(a_t, a_o) and torch.equal(last_t, last_o)  # bit for bit
+    if not carried and theta != 1.3:  # u[0] = θ exactly (1.3 is not exact in bf16/fp16)
+        s0 = a_t.float().view(T, -1)[0]
+        assert s0[0] == 1 and (s0[1:2] == 0).all()  # H(0) = 1
+    if dtype == torch.float32:
+        torch.testing.assert_close(g_t, g_o, rtol=1e-5, atol=1e-5 * g_o.abs().max().item())
+    else:  # one rounding of the same fp32 value: equal, or one unit in the last place apart
+        torch.testing.assert_close(g_t, g_o, rtol=torch.finfo(dtype).eps, atol=0)
+    if mode == "F":
+        assert (g_t[:-1] == 0).all() and g_t[-1].abs().sum() > 0
+
+
+@interpret
+def test_no_grad_saves_nothing_and_state_carries():
+    """Two scans of halves, the state carried, equal one scan of the whole sequence."""
+    sur = _surrogate("sigmoid")
+    y = _inputs(8, (5, 9), torch.float32, 3, 1.0, None)
+    whole, _ = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, backend="triton")
+    first, state = kernels.scan(y[:4], None, lam=0.5, theta=1.0, surrogate=sur, backend="triton")
+    second, _ = kernels.scan(y[4:], state, lam=0.5, theta=1.0, surrogate=sur, backend="triton")
+    assert not whole.requires_grad
+    assert torch.equal(torch.cat([first, second]), whole)
+
+
+@interpret
+def test_ops_pass_opcheck_and_compile_in_one_graph():
+    """torch.library.opcheck (schema, fake tensors, autograd registration) and torch.compile
+    with fullgraph=True: the scan is one op in the graph, no break."""
+    from saf_plugin.kernels import triton_scan  # noqa: F401  (registers the ops)
+
+    y = _inputs(4, (3, 5), torch.float32, 1, 1.0, None).requires_grad_(True)
+    acc0 = torch.ones(3, 5)
+    c = torch.tensor(1.875)
+    torch.library.opcheck(torch.ops.saf_plugin.scan_e, (y, acc0, 0.5, 1.0, 0.5, 0, 4.0, True))
+    torch.library.opcheck(torch.ops.saf_plugin.scan_f, (y, None, 0.5, 1.0, None, c))
+
+    def f(y):
+        acc, _, _ = torch.ops.saf_plugin.scan_e(y, acc0, 0.5, 1.0, None, 0, 4.0, True)
+        return acc
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    g1, = torch.autograd.grad(compiled(y).sum(), y)
+    g2, = torch.autograd.grad(f(y).sum(), y)
+    assert torch.equal(g1, g2)
+
+
+# ----------------------------------------------------------------------------- sm_90 PTX
+
+
+def _variants():
+    """(kernel, signature, constexprs, launch options) of every variant the scan launches."""
+    from saf_plugin.kernels import triton_scan as ts
+
+    ptr = {0: "*fp32", 1: "*fp16", 2: "*bf16"}
+    for acc0, scale, save_z, kind in itertools.product((False, True), (False, True),
+                                                       (False, True), (0, 1, 2)):
+        sig = {"y_ptr": ptr[kind], "acc0_ptr": "*fp32", "acc_ptr": ptr[kind], "z_ptr": "*fp32",
+               "last_ptr": "*fp32", "T": "i32", "N": "i32", "lam": "fp32",
+               "theta_lam": "fp32", "theta": "fp32", "scale": "fp32"}
+        yield ts._forward_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAVE_Z=save_z,
+                                            KIND=kind), ts.EXACT
+    for scale, kind in itertools.product((False, True), (0, 1, 2)):
+        sig = {"g_ptr": ptr[kind], "y_ptr": ptr[kind], "c_ptr": "*fp32", "dy_ptr": ptr[kind],
+               "N": "i32", "theta": "fp32", "scale": "fp32"}
+        yield ts._f_backward_kernel, sig, dict(HAS_SCALE=scale, KIND=kind), ts.EXACT
+    for sid, scale, kind in itertools.product(range(7), (False, True), (0, 1, 2)):
+        sig = {"g_ptr": ptr[kind], "z_ptr": "*fp32", "dy_ptr": ptr[kind], "numel": "i32",
+               "alpha": "fp32", "scale": "fp32"}
+        yield ts._e_backward_kernel, sig, dict(SURROGATE=sid, HAS_SCALE=scale, KIND=kind), {}
+
+
+def test_sm90_every_variant_compiles_and_exact_ones_have_no_fma():
+    """Forward and SAF-F backward compile with EXACT (no FP contraction): their PTX has no
+    fma/mad, so every product and sum rounds on its own as in the PyTorch scan. SAF-E's
+    backward (gradient within float tolerance) may fuse."""
+    if INTERPRET:
+        pytest.skip("compiles for the GPU, not for the interpreter")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from saf_plugin.kernels import triton_scan as ts
+
+    counts = {}
+    for fn, sig, const, options in _variants():
+        const = dict(const, BLOCK=ts.BLOCK)
+        sig = dict(sig, **{k: "constexpr" for k in const})
+        src = ASTSource(fn, sig, constexprs={(list(sig).index(k),): v for k, v in const.items()})
+        ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+        fused = [ln for ln in ptx.splitlines() if ln.strip().startswith(("fma", "mad"))]
+        name = f"{fn.__name__}{sorted(const.items())}"
+        counts[name] = len(fused)
+        if options == ts.EXACT:
+            assert fused == [], name
+            assert "div.full" not in ptx and "div.approx" not in ptx, name  # θ divides exactly
+    assert len(counts) == 24 + 6 + 42
+    # the control: the same forward compiled with Triton's default options does fuse
+    fn, sig, const, _ = next(_variants())
+    const = dict(const, BLOCK=ts.BLOCK)
+    sig = dict(sig, **{k: "constexpr" for k in const})
+    src = ASTSource(fn, sig, constexprs={(list(sig).index(k),): v for k, v in const.items()})
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    assert any(ln.strip().startswith("fma") for ln in ptx.splitlines())
