@@ -103,6 +103,33 @@ def test_triton_equals_torch_scan(dtype, mode, sname, case, carried):
 
 
 @interpret
+@pytest.mark.parametrize("name", ["Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp",
+                                  "SoftSign", "SuperSpike", "Erf"])
+def test_every_spikingjelly_triton_surrogate(name):
+    """Every surrogate the dispatcher accepts: SpikingJelly's Triton derivative agrees with its
+    PyTorch backward."""
+    from spikingjelly.activation_based import surrogate as sg
+
+    sur = getattr(sg, name)()
+    assert kernels.available("triton", torch.zeros(1), sur)[0]
+    y = _inputs(6, (300,), torch.float32, 5, 1.0, None)
+    a_t, _, g_t = _run("triton", y, None, "E", sur, 0.5, 1.0, None, None)
+    a_o, _, g_o = _run("torch", y, None, "E", sur, 0.5, 1.0, None, None)
+    assert torch.equal(a_t, a_o)
+    torch.testing.assert_close(g_t, g_o, rtol=1e-5, atol=1e-5 * g_o.abs().max().item())
+
+
+@interpret
+def test_surrogate_without_triton_derivative_is_refused():
+    from spikingjelly.activation_based import surrogate as sg
+
+    ok, why = kernels.available("triton", torch.zeros(1), lambda x: (x >= 0).float())
+    assert not ok and "no Triton derivative" in why
+    assert not kernels.available("triton", torch.zeros(1), sg.Sigmoid(spiking=False))[0]
+    assert kernels.available("triton", torch.zeros(1), None, mode="F")[0]  # SAF-F needs none
+
+
+@interpret
 def test_no_grad_saves_nothing_and_state_carries():
     """Two scans of halves, the state carried, equal one scan of the whole sequence."""
     sur = _surrogate("sigmoid")
