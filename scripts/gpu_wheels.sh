@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Run where there is network: puts the wheels scripts/gpu_check.sh installs offline into .whl/
-# (git-ignored; carry it: run(..., carry=[".whl"]); the carry limit is 64 MiB).
-# SpikingJelly 2.0 imports h5py and torch.utils.tensorboard at import time (checked); torch,
-# torchvision and triton are expected on the GPU machine.
+# Run where there is network: puts the pure-Python wheels (py3-none-any) that
+# scripts/gpu_check.sh installs offline with `pip install --no-deps --target` into .whl/
+# (git-ignored; carry it: run(..., carry=[".whl"])). PyTorch, Triton, CuPy and NumPy are
+# already on the GPU machine; nothing compiled is needed, so the Python version does not matter.
+#   .whl/sj2/     spikingjelly 2.0.0, loguru            (the generation with Triton kernels)
+#   .whl/sj014/   spikingjelly 0.0.0.0.14               (the CuPy generation)
+#   .whl/tools/   pytest and its pure-Python dependencies, used only where pytest is missing
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PIP="python3 -m pip download -q --only-binary=:all: --python-version 3.11 --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any"
-python3 -m pip download -q --no-deps -d .whl spikingjelly==2.0.0
-$PIP -d .whl h5py loguru tensorboard
-python3 -m pip download -q --no-deps -d .whl/legacy spikingjelly==0.0.0.0.14
-du -sh .whl
+get() { local dir=$1; shift
+        python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+          --implementation py --abi none --platform any -d ".whl/$dir" "$@"; }
+rm -rf .whl
+get sj2 spikingjelly==2.0.0 loguru
+get sj014 spikingjelly==0.0.0.0.14
+get tools pytest pluggy iniconfig packaging
+ls .whl/*/ && du -sh .whl
