@@ -218,17 +218,16 @@ def _compile(out: Path) -> None:
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) found")
     out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.parent / "saf_cpu_scan.cpp"
-    if not src.exists():
-        src.write_text(SOURCE)
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     root = Path(torch.__file__).parent  # the headers and libraries of the torch wheel
     inc = [f"-I{root / 'include'}", f"-I{root / 'include' / 'torch' / 'csrc' / 'api' / 'include'}"]
     libs = [f"-L{root / 'lib'}", f"-Wl,-rpath,{root / 'lib'}"]
-    # a private name first, then an atomic rename: concurrent first uses do not clash
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *inc, str(src), "-o", tmp, *libs,
+    # private names first, then an atomic rename: concurrent first uses do not clash
+    fd, src = tempfile.mkstemp(suffix=".cpp", dir=out.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(SOURCE)
+    tmp = src[:-4] + ".so"
+    cmd = [cxx, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *inc, src, "-o", tmp, *libs,
            "-lc10", "-ltorch_cpu", "-ltorch"]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -236,8 +235,9 @@ def _compile(out: Path) -> None:
             raise RuntimeError(f"{cxx} failed:\n{p.stderr[-2000:]}")
         os.replace(tmp, out)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for path in (src, tmp):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def load() -> bool:
