@@ -7,7 +7,8 @@
     saf_plugin.set_saf(net, None)  # back to the ordinary spiking model
 """
 
-from .convert import check, fix, saf_mode, set_saf
+from .check import check, fix
+from .swap import saf_mode, set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
 from .registry import register_linear
 from .training import EpochStats, reset_state, train_epoch, train_step

@@ -1,7 +1,9 @@
-"""The SAF neuron as the adapters run it: one step, a multi-step scan, entry and exit.
+"""The SAF neuron as the adapters run it: input current, closed form, real spikes.
 
-Library adapters only say how to read a neuron's parameters (:class:`NeuronParams`) and where
-its SAF state lives; the maths is :mod:`saf_plugin.core`.
+An adapter says how to read a neuron's parameters (:class:`NeuronParams`); the runtime
+(:mod:`saf_plugin.runtime`) hands over the input current as an accumulation Y (with the decay
+it was accumulated with), and the maths is :mod:`saf_plugin.core` (step mode 's') or the scan of
+:mod:`saf_plugin.kernels` (step mode 'm').
 """
 
 from __future__ import annotations
@@ -35,19 +37,22 @@ class NeuronParams:
 
 @dataclass
 class NeuronState:
-    """â[t−1]; and for re-accumulation / a learnable decay, the last input z[t−1] and Y[t−1]."""
+    """â[t−1]; the accumulated per-step input current (``cur_acc``); and for re-accumulation /
+    a learnable decay, the last input z[t−1] and Y[t−1]."""
 
     acc: Optional[Tensor] = None
+    cur_acc: Optional[Tensor] = None
     z_prev: Optional[Tensor] = None
     y_prev: Optional[Tensor] = None
 
 
-def step(ctx, x: Tensor, st: NeuronState, p: NeuronParams, c: Optional[Tensor]) -> Tensor:
-    """One SAF step on this layer's input ``x`` (the sender's accumulation mapped by the layers
-    in between); updates ``st`` in place and returns â[t] (with graph)."""
+def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
+         c: Optional[Tensor]) -> Tensor:
+    """One SAF step on the input accumulation ``x`` (accumulated with ``decay_in``); updates
+    ``st`` in place and returns â[t] (with graph)."""
     y = x
-    if p.decay_param is not None or ctx.decay != p.decay:
-        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, ctx.decay, p.decay)
+    if p.decay_param is not None or decay_in != p.decay:
+        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, p.decay)
         st.z_prev = x.detach()
     scaled = y * p.input_scale if p.decay_input else y
     if p.decay_param is not None:
@@ -56,7 +61,7 @@ def step(ctx, x: Tensor, st: NeuronState, p: NeuronParams, c: Optional[Tensor]) 
         st.y_prev = y.detach()
     elif st.z_prev is not None:
         st.y_prev = y.detach()
-    if ctx.mode == "F":
+    if mode == "F":
         acc, _ = core.saf_f_step(scaled, st.acc, p.decay, p.theta, c)
     else:
         acc, _ = core.saf_e_step(scaled, st.acc, p.decay, p.theta, p.surrogate)
@@ -64,30 +69,46 @@ def step(ctx, x: Tensor, st: NeuronState, p: NeuronParams, c: Optional[Tensor]) 
     return acc
 
 
-def forward(module, ctx, x: Tensor, st: NeuronState, p: NeuronParams) -> Tensor:
-    """A SAF neuron's forward in the context's step mode: x is [B, ...] or [T, B, ...].
+def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
+    """s[t] = â[t] − λ â[t−1], rounded to the exact 0/1 the neuron fired (the gradient is that
+    of the difference, i.e. of â[t])."""
+    d = (core.deaccumulate(acc, lam, acc_prev) if multi_step
+         else core.deaccumulate_step(acc, acc_prev, lam))
+    return d.detach().round() + (d - d.detach())
 
-    Returns â (to the next layer), or at the model's exit the per-step spikes (SAF-E) or the
-    spike representation â/c (SAF-F).
+
+def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
+    """A SAF neuron's forward in the runtime's step mode: x is [B, ...] or [T, B, ...].
+
+    Returns the real spikes, tagged with their accumulation â for the layers downstream.
     """
-    x = ctx.arrive(module, x)
-    c = ctx.series(p.decay, like=x) if ctx.mode == "F" else None
-    if ctx.step_mode == "s":
-        out = step(ctx, x, st, p, None if c is None else c[0])
-    elif p.decay_param is None and ctx.decay == p.decay and st.z_prev is None:
-        from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
+    st = rt.slot(module, NeuronState)
+    rt.paused += 1
+    try:
+        y, decay_in = rt.neuron_input(x, p.decay, st)
+        mode = rt.mode
+        c = rt.series(p.decay, like=y) if mode == "F" else None
+        prev = st.acc
+        if rt.step_mode == "s":
+            acc = step(y, decay_in, st, p, mode, None if c is None else c[0])
+            spikes = spikes_of(acc, prev, p.decay, False)
+        elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:
+            from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
 
-        out, st.acc = kernels.scan(x, st.acc, lam=p.decay, theta=p.theta,
-                                   input_scale=p.input_scale, surrogate=p.surrogate,
-                                   mode=ctx.mode, c_last=None if c is None else c[-1],
-                                   backend=p.backend)
-    else:
-        steps = []
-        last = x.shape[0] - 1
-        for t in range(x.shape[0]):
-            grad = torch.is_grad_enabled() and (ctx.mode == "E" or t == last)
-            with torch.set_grad_enabled(grad):
-                steps.append(step(ctx, x[t], st, p, None if c is None else c[t]))
-        out = torch.stack(steps)
-    ctx.decay = p.decay
-    return ctx.leave(out) if module is ctx.exit else out  # the exit: spikes, or â/c in SAF-F
+            acc, st.acc = kernels.scan(y, st.acc, lam=p.decay, theta=p.theta,
+                                       input_scale=p.input_scale, surrogate=p.surrogate,
+                                       mode=mode, c_last=None if c is None else c[-1],
+                                       backend=p.backend)
+            spikes = spikes_of(acc, prev, p.decay, True)
+        else:
+            steps = []
+            last = y.shape[0] - 1
+            for t in range(y.shape[0]):
+                grad = torch.is_grad_enabled() and (mode == "E" or t == last)
+                with torch.set_grad_enabled(grad):
+                    steps.append(step(y[t], decay_in, st, p, mode, None if c is None else c[t]))
+            acc = torch.stack(steps)
+            spikes = spikes_of(acc, prev, p.decay, True)
+    finally:
+        rt.paused -= 1
+    return rt.emit(spikes, acc, p.decay)

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import Tensor, nn
 
-from .convert import saf_mode
+from .swap import saf_mode
 from .errors import SAFStateError
 
 __all__ = ["reset_state", "train_step", "train_epoch", "EpochStats", "SavedTensorMeter"]
@@ -67,9 +67,6 @@ def reset_state(net: nn.Module) -> None:
 
 
 def _step_mode(net: nn.Module) -> str:
-    ctx = getattr(net, "_saf_root_ctx", None)
-    if ctx is not None:
-        return ctx.step_mode
     for m in net.modules():
         mode = getattr(m, "step_mode", None)
         if isinstance(mode, str) and hasattr(m, "_memories"):

@@ -100,11 +100,12 @@ _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
 @dataclass
 class LeakyState:
-    """â[t−1] (unscaled spikes, own β), ô[t−1] (graded spikes, the receiver's β: the passed-on
-    accumulation when it differs from â), and the re-accumulation memory z[t−1], Y[t−1]."""
+    """â[t−1] (unscaled spikes), ô[t−1] (graded spikes), the accumulated per-step input current
+    (``cur_acc``) and the re-accumulation memory z[t−1], Y[t−1]."""
 
     acc: Optional[Tensor] = None
     out: Optional[Tensor] = None
+    cur_acc: Optional[Tensor] = None
     z_prev: Optional[Tensor] = None
     y_prev: Optional[Tensor] = None
 
@@ -114,7 +115,7 @@ def _beta(m: nn.Module) -> Tensor:
 
 
 def decay(m: nn.Module) -> float:
-    """λ = clamp(β, 0, 1) of a ``Leaky`` (one value per layer; the transport decay of ô)."""
+    """λ = clamp(β, 0, 1) of a ``Leaky`` (one value per layer)."""
     return float(_beta(m).detach())
 
 
@@ -124,13 +125,21 @@ def _graded_is_one(m: nn.Module) -> bool:
 
 
 def _forward(self, input_, mem=None):
-    """A converted ``Leaky``: same signature and return convention as ``Leaky.forward``."""
+    """A converted ``Leaky``: same signature and return values as ``Leaky.forward``."""
     if mem is not None:
         self.mem = mem
     if self.init_hidden and mem is not None:
         raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
-    ctx = self._saf_ctx
-    input_ = ctx.arrive(self, input_)
+    rt = self.__dict__.get("_saf_rt")
+    if rt is None or not rt.active:
+        raise SAFStateError(
+            f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
+            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    if rt.slots.get(id(self), 0):
+        raise SAFStateError(
+            f"{self._saf_path}: this snn.Leaky object ran twice in one time step; snnTorch keeps "
+            "one membrane per object, so two layers sharing it share their state: use one "
+            "snn.Leaky object per layer")
     fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
     if not self.mem.shape == input_.shape:
         fresh = True
@@ -140,60 +149,40 @@ def _forward(self, input_, mem=None):
             f"{self._saf_path}: the membrane holds values SAF did not compute (a nonzero initial "
             "mem, or a state left from a run before set_saf); SAF starts from mem = 0: reset the "
             "model first (snntorch.utils.reset(net), or mem = lif.init_leaky() / lif.reset_mem())")
-    if fresh != (ctx.t == 0):
+    if fresh != (rt.t == 0):
         raise SAFStateError(
             f"{self._saf_path}: this neuron was {'reset' if fresh else 'not reset'} while the "
-            f"model input {'continues' if fresh else 'restarted'} (step {ctx.t}); under SAF reset "
+            f"model input {'continues' if fresh else 'restarted'} (step {rt.t}); under SAF reset "
             "all neurons together before each sequence (utils.reset(net), or call init_leaky() / "
             "reset_mem() on every neuron, before the first layer runs)")
-    if fresh:
-        self._saf_state = LeakyState()
-    st: LeakyState = self._saf_state
-    _link(self, ctx)
-    nxt = self.__dict__.get("_saf_next")
-    transport = decay(nxt) if nxt is not None else decay(self)
-    out, mem_new = _step(self, ctx, input_, st, None if fresh else self.mem, transport)
-    ctx.decay = transport
+    st: LeakyState = rt.slot(self, LeakyState)
+    lam = decay(self)
+    rt.paused += 1
+    try:
+        y, decay_in = rt.neuron_input(input_, lam, st)
+        out, spk, mem_new = _step(self, rt, y, decay_in, st, None if fresh else self.mem)
+    finally:
+        rt.paused -= 1
     self.mem = mem_new
     self._saf_mem_ref = mem_new
-    if self is ctx.exit:
-        if ctx.mode == "F":
-            out = ctx.leave(out)  # the spike representation ô[t]/c[t]
-        else:
-            ctx.depart()
-            out = out if self._saf_spk is None else self._saf_spk
-    self._saf_spk = None
+    rt.emit(spk, out, lam)
+    rt.tag(mem_new, "step")
     if self.output or not self.init_hidden:
-        return out, mem_new
-    return out
+        return spk, mem_new
+    return spk
 
 
-def _link(m: nn.Module, ctx) -> None:
-    """Learn the order neurons run in, at step 0 (where any transport decay gives ô[0] = g s[0]):
-    a neuron then passes on its spikes accumulated with the decay of the neuron that receives
-    them, so that neuron needs no re-accumulation and the weight gradient in between is
-    δ[t] â_in[t]ᵀ with the receiver's β, as in OTTT."""
-    stamp = ctx.input_acc
-    if m.__dict__.get("_saf_stamp") is stamp:
-        raise SAFStateError(
-            f"{m._saf_path}: this neuron ran twice since the model's first module "
-            f"({ctx.entry._saf_path or '<root>'}) last ran. Under SAF each snn.Leaky object must "
-            "run once per time step (use one object per layer), and the first module the model "
-            "registers must be the first one its forward runs (define the layers in the order "
-            "forward uses them)")
-    m.__dict__["_saf_stamp"] = stamp
-    if ctx.t == 0 and ctx.__dict__.get("_saf_stamp") is stamp:
-        prev = ctx.__dict__.get("_saf_last")
-        if prev is not None and prev is not m:
-            prev.__dict__["_saf_next"] = m  # not a submodule
-    ctx._saf_stamp, ctx._saf_last = stamp, m
+def _reset_mem(self):
+    rt = self.__dict__.get("_saf_rt")
+    if rt is not None:
+        rt.neuron_reset()
+    return type(self)._saf_base.reset_mem(self)
 
 
-def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor], transport: float):
-    """One SAF step of a converted ``Leaky`` on x (the sender's accumulation, mapped).
+def _step(m, rt, x: Tensor, decay_in: float, st: LeakyState, mem_prev: Optional[Tensor]):
+    """One SAF step of a converted ``Leaky`` on x (its input accumulated with ``decay_in``).
 
-    Returns (ô[t] with graph, with decay ``transport``, mem[t]); sets ``m._saf_spk`` = g s[t]
-    (with graph) for the exit.
+    Returns (ô[t] with graph, the graded spikes g s[t] with graph, mem[t]).
     """
     beta = _beta(m)
     lam = float(beta.detach())
@@ -206,8 +195,8 @@ def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor], transpo
     y = x
     if mem_prev is None:  # step 0: Y[0] = I[0] whatever the decays
         st.z_prev = st.y_prev = x.detach()
-    elif ctx.decay != lam:  # the sender used another decay (neurons not run in module order)
-        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, ctx.decay, lam)
+    elif decay_in != lam:
+        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, lam)
         st.z_prev, st.y_prev = x.detach(), y.detach()
     if learn_beta and mem_prev is not None:  # ∂mem[t]/∂β = mem[t−1] (history detached)
         y = y + (beta - lam) * mem_prev.detach()
@@ -225,14 +214,14 @@ def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor], transpo
         extra = kappa * st.acc + (0.0 if r is None else r) - r_t
         yy = yy + (theta - theta_d) * extra
     th = theta if theta.requires_grad else theta_d
-    if ctx.mode == "F":
+    if rt.mode == "F":
         if kind == _NONE:
             raise SAFStateError(
                 f"{m._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
                 "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
         with torch.no_grad():
             s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
-        rep = core.spike_representation(y, th, ctx.series(lam, like=y)[0])
+        rep = core.spike_representation(y, th, rt.series(lam, like=y)[0])
         s = s + (rep - rep.detach())
         mem_new = u.detach() + (y - y.detach())
     else:
@@ -242,31 +231,28 @@ def _step(m, ctx, x: Tensor, st: LeakyState, mem_prev: Optional[Tensor], transpo
         mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
     acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
     st.acc = acc.detach()
-    if _graded_is_one(m) and transport == lam:
-        out, m._saf_spk = acc, s
-        if mem_prev is None:  # the transport decay is known from step 1 on (see _link)
-            st.out = acc.detach()
-    else:
-        spk = s if _graded_is_one(m) else s * m.graded_spikes_factor
-        out = core.accumulate_step(spk, st.out, transport)
-        st.out = out.detach()
-        m._saf_spk = spk
-    return out, mem_new
+    if _graded_is_one(m):
+        return acc, s, mem_new
+    spk = s * m.graded_spikes_factor
+    out = core.accumulate_step(spk, st.out, lam)
+    st.out = out.detach()
+    return out, spk, mem_new
 
 
 def saf_class(cls: type) -> type:
     if cls not in _SAF_CLASSES:
         _SAF_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": _forward, "_saf_base": cls, "__module__": cls.__module__,
+            "forward": _forward, "reset_mem": _reset_mem, "_saf_base": cls,
+            "__module__": cls.__module__,
             "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
     return _SAF_CLASSES[cls]
 
 
-_ATTRS = ("_saf_state", "_saf_mem_ref", "_saf_spk", "_saf_next", "_saf_stamp")
+_ATTRS = ("_saf_mem_ref",)
 
 
 def attach(m: nn.Module) -> None:
-    m._saf_state, m._saf_mem_ref, m._saf_spk = LeakyState(), None, None
+    m._saf_mem_ref = None
 
 
 def detach(m: nn.Module) -> None:

@@ -21,11 +21,11 @@ from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
 
 from .. import neuron_step
-from ..neuron_step import NeuronParams, NeuronState
+from ..errors import SAFStateError
+from ..neuron_step import NeuronParams
 from ..registry import NeuronAdapter, Spec, register, register_linear
 from . import torch_nn
 
-_MEMORIES = ("saf_acc", "saf_z_prev", "saf_y_prev")
 _SAF_CLASSES: dict[type, type] = {}
 
 
@@ -50,11 +50,17 @@ def params(m: nn.Module) -> NeuronParams:
                         m.surrogate_function, backend)
 
 
+_FIRED = torch.zeros(())  # the 'saf_acc' memory after a step; reset_net restores 0.
+
+
 def _forward(self, x, *args, **kwargs):
-    mem = self._memories
-    st = NeuronState(*(mem[k] if torch.is_tensor(mem[k]) else None for k in _MEMORIES))
-    out = neuron_step.forward(self, self._saf_ctx, x, st, params(self))
-    mem["saf_acc"], mem["saf_z_prev"], mem["saf_y_prev"] = st.acc, st.z_prev, st.y_prev
+    rt = self.__dict__.get("_saf_rt")
+    if rt is None or not rt.active:
+        raise SAFStateError(
+            f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
+            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    out = neuron_step.forward(rt, self, x, params(self))
+    self._memories["saf_acc"] = _FIRED
     return out
 
 
@@ -68,14 +74,12 @@ def saf_class(cls: type) -> type:
 
 
 def attach(m: nn.Module) -> None:
-    for name in _MEMORIES:
-        m.register_memory(name, 0.0 if name == "saf_acc" else None)
+    m.register_memory("saf_acc", 0.0)
 
 
 def detach(m: nn.Module) -> None:
-    for name in _MEMORIES:
-        m._memories.pop(name, None)
-        m._memories_rv.pop(name, None)
+    m._memories.pop("saf_acc", None)
+    m._memories_rv.pop("saf_acc", None)
 
 
 def is_fresh(m: nn.Module) -> bool:

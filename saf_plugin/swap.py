@@ -1,0 +1,135 @@
+"""Switching a model to SAF in place and back: ``set_saf``, ``saf_mode``.
+
+Modules keep their identity: only ``__class__`` is swapped, for the neurons (to their SAF
+class, :mod:`saf_plugin.neuron_step`) and for the model itself (whose forward then runs under
+the engine of :mod:`saf_plugin.runtime`). SAF state lives in attributes that
+``set_saf(net, None)`` deletes again.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Optional
+
+from torch import nn
+
+from . import runtime
+from .check import check, walk
+from .errors import SAFIncompatibleError, SAFStateError
+from .registry import load_adapters, lookup
+
+MODES = ("E", "F", None)
+_ROOT_CLASSES: dict[type, type] = {}
+
+
+def saf_mode(net: nn.Module) -> Optional[str]:
+    """"E", "F" or None (the ordinary spiking model)."""
+    rt = net.__dict__.get("_saf_rt")
+    return None if rt is None or rt.root is not net else rt.mode
+
+
+def invalidate_reset_cache(net: nn.Module) -> None:
+    fn = getattr(sys.modules.get("spikingjelly.activation_based.functional"),
+                 "invalidate_reset_cache", None)
+    if fn is not None:
+        fn(net)
+
+
+def _root_class(cls: type) -> type:
+    if cls not in _ROOT_CLASSES:
+        def forward(self, *args, **kwargs):
+            return runtime.run(self._saf_rt, self, cls.forward, args, kwargs)
+
+        _ROOT_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
+            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
+    return _ROOT_CLASSES[cls]
+
+
+def _method_class(cls: type, methods: dict) -> type:
+    """A subclass carrying a spec's extra methods (e.g. a weight cache valid under SAF)."""
+    key = (cls, tuple(sorted(methods)))
+    if key not in _ROOT_CLASSES:
+        _ROOT_CLASSES[key] = type(f"SAF{cls.__name__}", (cls,), {
+            **methods, "_saf_base": cls, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
+    return _ROOT_CLASSES[key]
+
+
+def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
+    """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
+
+    Everything is validated before anything changes: a neuron or stateful module SAF cannot
+    run raises :class:`SAFIncompatibleError` naming every offending module, and the model is
+    left untouched. What only the data flow shows (e.g. a non-linear operation under SAF-F) is
+    refused at the first call, before any output, and the model is switched back. Returns
+    ``net``. ``strict`` is kept for compatibility: nothing SAF runs is approximate.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
+    load_adapters()
+    own = net.__dict__.get("_saf_rt")
+    foreign = next((p for p, m in net.named_modules()
+                    if m.__dict__.get("_saf_rt") not in (None, own)), None)
+    if foreign is not None or (own is not None and own.root is not net):
+        raise SAFStateError(
+            f"{foreign or '<root>'} is already switched to SAF by set_saf on another module "
+            "(a submodule or an enclosing model); call set_saf(that_module, None) first")
+    if mode is None:
+        revert(net)
+        return net
+    spec = lookup(net)
+    if spec is not None and spec.role == "neuron":
+        raise SAFIncompatibleError([], header=(
+            f"set_saf needs a model that contains neurons, not a bare {type(net).__name__}: "
+            "wrap it, e.g. nn.Sequential(layer, neuron), and convert that"))
+    findings = check(net)
+    bad = [f for f in findings if f.status == "unsupported"
+           or (strict and f.status == "approximate")]
+    if bad:
+        raise SAFIncompatibleError(bad)
+    for f in findings:
+        if f.status == "approximate":
+            warnings.warn(f"SAF is approximate here: {f.line()}", stacklevel=2)
+    revert(net)
+    _apply(net, mode, strict)
+    return net
+
+
+def _apply(net: nn.Module, mode: str, strict: bool) -> None:
+    neurons = [(p, m, s) for p, m, s in walk(net) if s is not None and s.role == "neuron"]
+    rt = runtime.Runtime(net, mode, strict, [m for _, m, _ in neurons],
+                         [s.neuron for _, _, s in neurons])
+    for path, module, spec in neurons:
+        module.__class__ = spec.neuron.saf_class(type(module))
+        module._saf_rt, module._saf_path, module._saf_spec = rt, path, spec
+        spec.neuron.attach(module)
+    for path, module in net.named_modules():
+        spec = lookup(module)
+        if spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
+            module.__class__ = _method_class(type(module), spec.methods)
+            module._saf_rt, module._saf_path = rt, path
+    net.__class__ = _root_class(type(net))
+    net._saf_rt = rt
+    net._saf_path = ""
+    invalidate_reset_cache(net)
+
+
+def revert(net: nn.Module) -> None:
+    """Undo ``_apply``: every class back, every SAF attribute gone."""
+    rt = net.__dict__.get("_saf_rt")
+    if rt is None:
+        return
+    for module in net.modules():
+        if module.__dict__.get("_saf_rt") is not rt:
+            continue
+        spec = module.__dict__.get("_saf_spec")
+        if spec is not None and spec.role == "neuron":
+            spec.neuron.detach(module)
+        base = getattr(type(module), "_saf_base", None)
+        if base is not None:
+            module.__class__ = base
+        for name in [n for n in module.__dict__ if n.startswith("_saf_")]:
+            del module.__dict__[name]
+    invalidate_reset_cache(net)
