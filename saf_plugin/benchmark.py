@@ -2,7 +2,9 @@
 
 One process times every method with interleaved repeats (repeat r: for each T, for each
 method, one iteration), so machine noise hits all methods alike; medians and min-max are
-reported. Memory per (method, T) comes from a fresh worker process each: the peak bytes
+reported. The warm-up iterations (``--warmup``, not timed) run each method at the smallest T.
+With ``--max-seconds S`` a method whose iteration took longer than S seconds at some T is not
+run at larger T. Progress goes to stderr, one line per iteration. Memory per (method, T) comes from a fresh worker process each: the peak bytes
 autograd keeps for backward (``saf_plugin.training.SavedTensorMeter``) and the peak RSS
 (CPU) or ``torch.cuda.max_memory_allocated`` (GPU) of one iteration.
 
@@ -16,6 +18,10 @@ unless said otherwise):
   saf_e_multi   SAF-E, step mode 'm' (all T at once), one backward
   saf_f         SAF-F, steps 0..T-2 without autograd, one backward
   relu          the same network with ReLU instead of neurons, forward+backward per step
+
+snnTorch models (``--net snntorch6``: snnTorch tutorial 6's CSNN with average pooling, or
+``--model``) run bptt (snn.Leaky, one call per step, one backward), saf_e_online and saf_f;
+snnTorch has no OTTT, SLTT or multi-step mode.
 
     python benchmarks/bench.py --net vgg --width-div 1 --batch 16 --T 6,16 --repeats 3
     python -m saf_plugin.benchmark ...        (the same; ``saf bench`` runs it on your model)
@@ -49,6 +55,16 @@ from torch import nn  # noqa: E402
 PACKAGE_PARENT = Path(__file__).resolve().parent.parent
 
 METHODS = ("bptt", "ottt", "sltt", "saf_e_online", "saf_e_multi", "saf_f", "relu")
+SNNTORCH_METHODS = ("bptt", "saf_e_online", "saf_f")
+METHOD_HELP = {
+    "bptt": "backpropagation through time, the library's own training (one backward)",
+    "ottt": "SpikingJelly's OTTT: OTTTLIFNode + OTTTSequential, update every step",
+    "sltt": "SpikingJelly's SLTT: SLTTLIFNode, backward every step, one update",
+    "saf_e_online": "SAF-E online: set_saf(net, 'E'), backward and update every step",
+    "saf_e_multi": "SAF-E multi-step: set_saf(net, 'E'), step mode 'm', one backward",
+    "saf_f": "SAF-F: set_saf(net, 'F'), steps 0..T-2 without autograd, one backward",
+    "relu": "the same network with ReLU instead of neurons (a lower bound on time)",
+}
 VGG_CFG = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]  # ottt_spiking_vggws ("S")
 
 
@@ -96,6 +112,35 @@ def mlp(in_features: int = 784, hidden: int = 512, num_classes: int = 10) -> nn.
                          layer.Linear(hidden, hidden), lif(), layer.Linear(hidden, num_classes))
 
 
+def snntorch_csnn(beta: float = 0.5) -> nn.Module:
+    """snnTorch tutorial 6's CSNN for 1x28x28 input (Conv 5x5 12, pool, Leaky, Conv 5x5 64,
+    pool, Leaky, Linear 1024-10, Leaky) with average pooling instead of max pooling, which SAF
+    reproduces exactly; ``fast_sigmoid(slope=25)``, ``init_hidden=True``."""
+    import snntorch as snn
+    from snntorch import surrogate
+
+    sg = surrogate.fast_sigmoid(slope=25)
+    return nn.Sequential(
+        nn.Conv2d(1, 12, 5), nn.AvgPool2d(2), snn.Leaky(beta=beta, spike_grad=sg, init_hidden=True),
+        nn.Conv2d(12, 64, 5), nn.AvgPool2d(2), snn.Leaky(beta=beta, spike_grad=sg, init_hidden=True),
+        nn.Flatten(), nn.Linear(64 * 4 * 4, 10),
+        snn.Leaky(beta=beta, spike_grad=sg, init_hidden=True, output=True))
+
+
+def library(net: nn.Module) -> str:
+    """"snntorch" when the model has snnTorch neurons, else "spikingjelly"."""
+    snn = sys.modules.get("snntorch")
+    neuron_cls = getattr(snn, "SpikingNeuron", None)
+    if neuron_cls is not None and any(isinstance(m, neuron_cls) for m in net.modules()):
+        return "snntorch"
+    return "spikingjelly"
+
+
+def methods_for(net: nn.Module) -> tuple[str, ...]:
+    """The methods that can run on ``net``'s library."""
+    return SNNTORCH_METHODS if library(net) == "snntorch" else METHODS
+
+
 # --------------------------------------------------------------------------- method variants
 
 
@@ -124,9 +169,17 @@ def variant(base: nn.Module, method: str) -> nn.Module:
     ``method``. OTTT swaps neurons to OTTTLIFNode and every innermost ``nn.Sequential`` to
     ``OTTTSequential`` (a plain tensor then passes the first module, as in SpikingJelly)."""
     import saf_plugin
-    from spikingjelly.activation_based import functional, layer, neuron
 
     net = copy.deepcopy(base)
+    if library(base) == "snntorch":
+        if method not in SNNTORCH_METHODS:
+            raise ValueError(f"{method} is not available for snnTorch models (snnTorch has no "
+                             f"OTTT, SLTT or multi-step mode); use {', '.join(SNNTORCH_METHODS)}")
+        if method != "bptt":
+            saf_plugin.set_saf(net, "E" if method == "saf_e_online" else "F")
+        return net
+    from spikingjelly.activation_based import functional, layer, neuron
+
     if method in ("bptt", "saf_e_multi"):
         functional.set_step_mode(net, "m")
     else:
@@ -256,12 +309,16 @@ def _read_hwm() -> int:
 
 def num_classes(base: nn.Module, shape) -> int:
     """The size of the model's output, from one no-grad step on a copy."""
-    from spikingjelly.activation_based import functional
+    from .training import reset_state
 
     net = copy.deepcopy(base)
-    functional.set_step_mode(net, "s")
+    if library(base) == "spikingjelly":
+        from spikingjelly.activation_based import functional
+
+        functional.set_step_mode(net, "s")
     with torch.no_grad():
         out = net(torch.zeros(1, *shape))
+        reset_state(net)
     out = out[0] if isinstance(out, (tuple, list)) else out
     return int(out.shape[-1])
 
@@ -274,15 +331,24 @@ def _inputs(shape, batch, T, device, dtype=torch.float32, seed=0, classes=10):
     return x_seq, y.to(device)
 
 
-def _base(args) -> nn.Module:
+def _base(args, say: Callable = lambda msg: None) -> nn.Module:
+    torch.manual_seed(0)
     if args.model:
         from .cli import load_factory
 
-        return load_factory(args.model)()
-    torch.manual_seed(0)
-    if args.net == "vgg":
-        return VGG(args.width_div)
-    return mlp(int(torch.tensor(args.input_shape).prod()), args.hidden)
+        net = load_factory(args.model)()
+    elif args.net == "vgg":
+        net = VGG(args.width_div)
+    elif args.net == "snntorch6":
+        net = snntorch_csnn()
+    else:
+        net = mlp(int(torch.tensor(args.input_shape).prod()), args.hidden)
+    if args.fix:
+        import saf_plugin
+
+        for change in saf_plugin.fix(net):
+            say(f"fix: {change.line()}")
+    return net
 
 
 def worker(args) -> dict:
@@ -332,6 +398,8 @@ def _fresh_memory(args, method: str, T: int) -> dict:
            "--hidden", str(args.hidden), "--device", args.device]
     if args.model:
         cmd += ["--model", args.model]
+    if args.fix:
+        cmd.append("--fix")
     path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.getcwd(),
                                          os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=path)
@@ -342,46 +410,74 @@ def _fresh_memory(args, method: str, T: int) -> dict:
 
 
 def benchmark(args) -> dict:
+    def say(msg: str, end: str = "\n") -> None:
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
     device = torch.device(args.device)
-    base = _base(args)
+    base = _base(args, say)
+    if args.methods is None:
+        args.methods = list(methods_for(base))
     runners, errors = {}, {}
     for m in args.methods:
         try:
             runners[m] = make_runner(m, variant(base, m).to(device))
         except Exception as e:  # a user model may not support every method
             errors[m] = f"{type(e).__name__}: {e}"
+            if "fix" in str(e) and not args.fix:
+                errors[m] += " (--fix applies saf_plugin.fix first)"
     times: dict = {(m, T): [] for m in runners for T in args.T}
+    stopped: dict = {}  # method -> the T at which one iteration took longer than --max-seconds
     classes = num_classes(base, args.input_shape)
     inputs = {T: _inputs(args.input_shape, args.batch, T, device, classes=classes) for T in args.T}
-    for r in range(args.repeats + args.warmup):
-        for T in args.T:
-            for m in list(runners):
-                try:
-                    dt = time_iteration(runners[m], *inputs[T], device)
-                except Exception as e:
-                    errors[m] = f"{type(e).__name__}: {e}"
-                    del runners[m]
-                    continue
-                if r >= args.warmup:
-                    times[(m, T)].append(dt)
-            if args.verbose:
-                print(f"repeat {r} T={T} done", file=sys.stderr, flush=True)
+    plan = [(r, T) for r in range(args.warmup) for T in args.T[:1]]
+    plan += [(r, T) for r in range(args.warmup, args.warmup + args.repeats) for T in args.T]
+    total, done = len(plan) * len(runners), 0
+    say(f"timing {', '.join(runners)} at T={','.join(map(str, args.T))}: {args.warmup} warm-up "
+        f"and {args.repeats} timed iteration(s) each, interleaved")
+    for r, T in plan:
+        for m in list(runners):
+            done += 1
+            if m in stopped and T > stopped[m]:
+                continue
+            what = "warm-up" if r < args.warmup else f"repeat {r - args.warmup + 1}/{args.repeats}"
+            say(f"[{done}/{total}] {what} T={T} {m} ... ", end="")
+            try:
+                dt = time_iteration(runners[m], *inputs[T], device)
+            except Exception as e:
+                say("failed")
+                errors[m] = f"{type(e).__name__}: {e}"
+                del runners[m]
+                continue
+            say(f"{dt:.2f} s")
+            if r >= args.warmup:
+                times[(m, T)].append(dt)
+                if args.max_seconds and dt > args.max_seconds and m not in stopped:
+                    stopped[m] = T
+                    say(f"{m}: {dt:.0f} s > --max-seconds {args.max_seconds:g} at T={T}; "
+                        "larger T skipped")
     rows = []
-    for (m, T), ts in times.items():
-        if m not in runners or not ts:
-            continue
+    todo = [(m, T) for (m, T), ts in times.items() if m in runners and ts]
+    memory = [(m, T) for m, T in todo if not args.no_memory and (not args.memory_T or T in args.memory_T)]
+    for m, T in todo:
+        ts = times[(m, T)]
         row = {"net": args.model or args.net, "method": m, "T": T, "batch": args.batch,
                "time_median_s": statistics.median(ts), "time_min_s": min(ts),
                "time_max_s": max(ts), "repeats": len(ts)}
-        if not args.no_memory and (not args.memory_T or T in args.memory_T):
+        if (m, T) in memory:
+            say(f"[memory {memory.index((m, T)) + 1}/{len(memory)}] fresh process, T={T} {m} ... ",
+                end="")
             row.update(_fresh_memory(args, m, T))
+            say(f"{row['peak_rss_bytes'] / 2**20:.0f} MiB peak RSS" if "peak_rss_bytes" in row
+                else row.get("error", ""))
         rows.append(row)
     return {"machine": machine(), "config": {
         "net": args.model or args.net, "width_div": args.width_div, "batch": args.batch,
         "input_shape": args.input_shape, "T": args.T, "repeats": args.repeats,
         "warmup": args.warmup, "device": args.device, "methods": args.methods,
-        "memory_T": args.memory_T or ([] if args.no_memory else args.T)},
-        "rows": rows, "errors": errors}
+        "memory_T": args.memory_T or ([] if args.no_memory else args.T),
+        "max_seconds": args.max_seconds, "fix": args.fix, "library": library(base)},
+        "rows": rows, "errors": errors, "stopped": stopped}
 
 
 # --------------------------------------------------------------------------- output
@@ -408,7 +504,10 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "saf_e_online/ottt peak rss": q("saf_e_online", "ottt", "peak_rss_bytes"),
                     "saf_e_online/ottt rss increase": q("saf_e_online", "ottt",
                                                         "rss_increase_bytes"),
-                    "saf_e_online/ottt saved": q("saf_e_online", "ottt", "saved_peak_bytes")})
+                    "saf_e_online/ottt saved": q("saf_e_online", "ottt", "saved_peak_bytes"),
+                    "saf_e_online/bptt time": q("saf_e_online", "bptt"),
+                    "saf_f/bptt time": q("saf_f", "bptt"),
+                    "saf_e_online/bptt saved": q("saf_e_online", "bptt", "saved_peak_bytes")})
     return out
 
 
@@ -489,6 +588,11 @@ def plot(result: dict, name: str, plot_dir: Path) -> list[Path]:
                     ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=m)
                 else:
                     ax.plot(xs, ys, marker="o", label=m)
+            ts = sorted({r["T"] for r in rows})
+            if ts[-1] >= 8 * ts[0]:  # a sweep over T: log axes, T labelled as measured
+                ax.set_xscale("log", base=2)
+                ax.set_yscale("log")
+                ax.set_xticks(ts, [str(t) for t in ts])
             ax.set_xlabel("T (time steps)")
             ax.set_ylabel(label)
             ax.grid(alpha=0.3)
@@ -527,21 +631,37 @@ def _methods(text: str) -> list[str]:
     return vals
 
 
+def methods_help() -> str:
+    """One line per method, for ``--help``."""
+    return "methods:\n" + "\n".join(f"  {m:<13} {METHOD_HELP[m]}" for m in METHODS) + (
+        "\n  (snnTorch models: " + ", ".join(SNNTORCH_METHODS) + ")")
+
+
 def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--net", choices=("vgg", "mlp"), default="vgg")
-    p.add_argument("--model", default=None, help="MODULE:CALLABLE building a SpikingJelly model "
-                   "(replaces --net)")
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=methods_help())
+    p.add_argument("--net", choices=("vgg", "mlp", "snntorch6"), default="vgg",
+                   help="vgg: OTTT's CIFAR VGG (SpikingJelly); mlp: 784-512-512-10 "
+                   "(SpikingJelly); snntorch6: snnTorch tutorial 6's CSNN with average pooling")
+    p.add_argument("--model", default=None, help="MODULE:CALLABLE building a SpikingJelly or "
+                   "snnTorch model (replaces --net)")
+    p.add_argument("--fix", action="store_true",
+                   help="apply saf_plugin.fix to the model first (MaxPool -> AvgPool, hard -> "
+                   "soft reset), for every method")
     p.add_argument("--width-div", type=int, default=1, help="divide every VGG width by this")
     p.add_argument("--hidden", type=int, default=512, help="MLP hidden width")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--input-shape", type=_ints, default=None, help="C,H,W (default 3,32,32; "
-                   "MLP 784)")
+                   "mlp 784; snntorch6 1,28,28)")
     p.add_argument("--T", type=_ints, default=[2, 4, 8, 16, 32])
-    p.add_argument("--methods", type=_methods, default=list(METHODS))
+    p.add_argument("--methods", type=_methods, default=None,
+                   help="comma-separated (default: every method the model's library supports)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--warmup", type=int, default=1, help="untimed iterations per method, at "
+                   "the smallest T")
+    p.add_argument("--max-seconds", type=float, default=0.0, help="skip a method at larger T "
+                   "once one of its iterations took longer than this (0: no limit)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
     p.add_argument("--memory-T", type=_ints, default=None,
@@ -550,7 +670,8 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=Path("benchmarks") / "results")
     p.add_argument("--plot-dir", type=Path, default=Path("docs") / "benchmarks")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # progress is default
     p.add_argument("--worker-method", help=argparse.SUPPRESS)
     p.add_argument("--worker-T", type=int, help=argparse.SUPPRESS)
     return p
@@ -562,7 +683,8 @@ def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict] = None) -
         p.set_defaults(**defaults)
     args = p.parse_args(argv)
     if args.input_shape is None:
-        args.input_shape = [784] if args.net == "mlp" and not args.model else [3, 32, 32]
+        args.input_shape = ({"mlp": [784], "snntorch6": [1, 28, 28]}.get(args.net, [3, 32, 32])
+                            if not args.model else [3, 32, 32])
     if args.worker_method:
         print(json.dumps(worker(args)))
         return {}
@@ -572,6 +694,8 @@ def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict] = None) -
     print(table(result["rows"]))
     for m, e in result["errors"].items():
         print(f"{m}: skipped ({e})")
+    for m, T in result["stopped"].items():
+        print(f"{m}: stopped after T={T} (an iteration took longer than --max-seconds)")
     for r in result["ratios"]:
         known = [f"{k} {v:.2f}" for k, v in r.items() if k != "T" and v is not None]
         if known:  # a ratio needs both of its methods in --methods

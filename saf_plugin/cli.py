@@ -4,7 +4,7 @@
     saf bench mypkg.models:make_net --input-shape 3,32,32 --T 4,8,16 --methods bptt,saf_e_online
 
 ``MODULE:CALLABLE`` names a function (or class) that takes no arguments and returns a
-SpikingJelly model; ``MODULE`` is imported with the current directory on ``sys.path``.
+SpikingJelly or snnTorch model; ``MODULE`` is imported with the current directory on ``sys.path``.
 Exit codes: 0 fine, 1 the model is not exact under SAF (check) or a method failed (bench),
 2 bad arguments or a factory that cannot be imported or called.
 """
@@ -83,7 +83,7 @@ def cmd_check(args) -> int:
     if bad:
         print(f"not exact: {len(bad)} of {len(findings)} modules "
               f"({sum(f.status == 'unsupported' for f in bad)} unsupported); "
-              "saf_plugin.fix(net) repairs MaxPool and hard reset")
+              "saf_plugin.fix(net) repairs MaxPool and hard reset (saf bench --fix applies it)")
         return 1
     print(f"exact: all {len(findings)} modules; set_saf(net, 'E' or 'F') reproduces the LIF forward")
     return 0
@@ -95,7 +95,8 @@ def cmd_bench(args) -> int:
     build_model(args.model)  # fail early, in one line
     argv = ["--model", args.model, "--input-shape", args.input_shape, "--T", args.T,
             "--batch", str(args.batch), "--repeats", str(args.repeats),
-            "--warmup", str(args.warmup), "--results-dir", str(args.out)]
+            "--warmup", str(args.warmup), "--results-dir", str(args.out),
+            "--max-seconds", str(args.max_seconds)]
     if args.methods:
         argv += ["--methods", args.methods]
     if args.device:
@@ -106,12 +107,16 @@ def cmd_bench(args) -> int:
         argv += ["--plot-dir", str(args.plot)]
     if args.no_memory:
         argv.append("--no-memory")
+    if args.fix:
+        argv.append("--fix")
+    if args.quiet:
+        argv.append("--quiet")
     result = benchmark.main(argv)
     return 1 if result.get("errors") else 0
 
 
 def parser() -> argparse.ArgumentParser:
-    from .benchmark import METHODS
+    from .benchmark import METHODS, SNNTORCH_METHODS, methods_help
 
     p = argparse.ArgumentParser(prog="saf", description="Spike Accumulation Forwarding tools: "
                                 "check a model for SAF, benchmark it against BPTT/OTTT/SLTT.")
@@ -120,20 +125,33 @@ def parser() -> argparse.ArgumentParser:
                        description="Import MODULE:CALLABLE, build the model and print, per module, "
                        "whether SAF is exact, why, and how to fix it. Exit 1 when not exact.")
     c.add_argument("model", metavar="MODULE:CALLABLE")
-    b = sub.add_parser("bench", help="time and memory per training iteration vs BPTT/SLTT/ReLU",
+    b = sub.add_parser("bench", help="time and memory per training iteration: SAF-E, SAF-F "
+                       "against BPTT, OTTT, SLTT and a ReLU bound",
                        description="Benchmark MODULE:CALLABLE (a SpikingJelly model with LIF "
-                       "neurons) under " + ", ".join(METHODS) + " (ottt needs a model made of "
-                       "plain nn.Sequential blocks).")
+                       "neurons, or an snnTorch model with snn.Leaky) under each method, with "
+                       "interleaved repeats; progress goes to stderr. SpikingJelly models: "
+                       + ", ".join(METHODS) + " (ottt needs a model made of plain nn.Sequential "
+                       "blocks); snnTorch models: " + ", ".join(SNNTORCH_METHODS) + ".",
+                       epilog=methods_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("model", metavar="MODULE:CALLABLE")
     b.add_argument("--input-shape", required=True, metavar="C,H,W",
                    help="shape of one sample without batch and time, e.g. 3,32,32 or 784")
     b.add_argument("--T", default="4,8,16", help="time steps, comma-separated (default 4,8,16)")
     b.add_argument("--methods", default=None,
-                   help="comma-separated subset of " + ",".join(METHODS) + " (default all)")
-    b.add_argument("--batch", type=int, default=16)
-    b.add_argument("--repeats", type=int, default=3)
-    b.add_argument("--warmup", type=int, default=1)
+                   help="comma-separated subset of " + ",".join(METHODS) + " (default: all that "
+                   "the model's library supports)")
+    b.add_argument("--fix", action="store_true",
+                   help="apply saf_plugin.fix(net) first (MaxPool -> AvgPool, hard -> soft "
+                   "reset) so a model that check reports as fixable can be benchmarked")
+    b.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
+    b.add_argument("--repeats", type=int, default=3,
+                   help="timed iterations per method and T, interleaved (default 3)")
+    b.add_argument("--warmup", type=int, default=1,
+                   help="untimed iterations per method at the smallest T (default 1)")
     b.add_argument("--device", default=None, help="cpu or cuda (default cuda if available)")
+    b.add_argument("--max-seconds", type=float, default=0.0,
+                   help="stop a method at the T where one iteration took longer (0: no limit)")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.add_argument("--no-memory", action="store_true",
                    help="skip the fresh-process memory measurement")
     b.add_argument("--out", type=Path, default=Path("saf-bench"),

@@ -52,3 +52,29 @@ def test_ottt_variant_is_spikingjelly_ottt():
     assert isinstance(net.features, layer.OTTTSequential)
     assert all(not isinstance(m, neuron.LIFNode) or isinstance(m, neuron.OTTTLIFNode)
                for m in net.modules())
+
+
+def test_snntorch_methods_tiny(tmp_path, capsys):
+    pytest.importorskip("snntorch")
+    result = load_bench().main([
+        "--net", "snntorch6", "--batch", "2", "--T", "2", "--repeats", "1", "--warmup", "1",
+        "--no-memory", "--name", "sn", "--results-dir", str(tmp_path), "--no-plot"])
+    assert not result["errors"], result["errors"]
+    assert [r["method"] for r in result["rows"]] == list(benchmark.SNNTORCH_METHODS)
+    assert result["config"]["library"] == "snntorch"
+    err = capsys.readouterr().err
+    assert "[1/6] warm-up T=2 bptt" in err and "repeat 1/1 T=2 saf_f" in err  # progress
+
+
+def test_snntorch_refuses_spikingjelly_only_methods():
+    pytest.importorskip("snntorch")
+    with pytest.raises(ValueError, match="not available for snnTorch"):
+        benchmark.variant(benchmark.snntorch_csnn(), "ottt")
+
+
+def test_max_seconds_stops_a_method_at_larger_T(tmp_path):
+    result = benchmark.main([
+        "--net", "mlp", "--hidden", "8", "--input-shape", "6", "--batch", "2", "--T", "2,4",
+        "--methods", "bptt", "--repeats", "1", "--warmup", "0", "--no-memory", "--quiet",
+        "--max-seconds", "1e-9", "--results-dir", str(tmp_path), "--no-plot"])
+    assert [r["T"] for r in result["rows"]] == [2] and result["stopped"] == {"bptt": 2}

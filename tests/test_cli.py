@@ -93,3 +93,38 @@ def test_bench_tiny(models, capsys):
     assert "saf_e_online" in out and "bptt" in out
     assert (out_dir / "custom_cpu.json").exists() and (out_dir / "custom_cpu.csv").exists()
     assert (models / "plots" / "custom_cpu_time.png").exists()
+
+
+def test_bench_help_lists_every_method(capsys):
+    from saf_plugin.benchmark import METHODS
+
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    out = capsys.readouterr().out
+    for m in METHODS:
+        assert f"\n  {m} " in out, m
+    for words in ("OTTT", "SAF-E online", "SAF-E multi-step", "SAF-F", "--fix", "snnTorch"):
+        assert words in out, words
+
+
+FIXABLE = textwrap.dedent('''
+    from torch import nn
+    from spikingjelly.activation_based import layer, neuron
+
+    def maxpool():
+        return nn.Sequential(layer.Conv2d(1, 2, 3, padding=1), neuron.LIFNode(v_reset=None),
+                             layer.MaxPool2d(2), layer.Flatten(), layer.Linear(8, 3))
+''')
+
+
+def test_bench_fix_makes_a_fixable_model_run(models, capsys):
+    (models / "cli_fixable_mod.py").write_text(FIXABLE)
+    argv = ["bench", "cli_fixable_mod:maxpool", "--input-shape", "1,4,4", "--T", "2",
+            "--methods", "bptt,saf_e_online", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--no-memory", "--out", str(models / "res")]
+    assert main(argv) == 1  # SAF refuses MaxPool: the method is skipped, and says how to fix
+    assert "--fix" in capsys.readouterr().out
+    assert main(argv + ["--fix"]) == 0
+    captured = capsys.readouterr()
+    assert "saf_e_online" in captured.out and "skipped" not in captured.out
+    assert "fix: " in captured.err and "[1/2]" in captured.err  # what fix changed; progress
