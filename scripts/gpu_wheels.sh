@@ -6,6 +6,8 @@
 #   .whl/sj2/     spikingjelly 2.0.0, loguru            (the generation with Triton kernels)
 #   .whl/sj014/   spikingjelly 0.0.0.0.14               (the CuPy generation)
 #   .whl/tools/   pytest and its pure-Python dependencies, used only where pytest is missing
+#   .whl/extra/   tensorboard, protobuf, absl-py: SpikingJelly 2.0's learning module imports
+#                 torch.utils.tensorboard; used only where that import fails
 set -euo pipefail
 cd "$(dirname "$0")/.."
 get() { local dir=$1; shift
@@ -14,5 +16,6 @@ get() { local dir=$1; shift
 rm -rf .whl
 get sj2 spikingjelly==2.0.0 loguru
 get sj014 spikingjelly==0.0.0.0.14
-get tools pytest pluggy iniconfig packaging
+get tools pytest pluggy iniconfig packaging pygments
+get extra tensorboard protobuf absl-py
 ls .whl/*/ && du -sh .whl
