@@ -97,8 +97,8 @@ def surrogate_codes(surrogate) -> Optional[object]:
 _KERNELS: dict[str, object] = {}
 
 
-def _launch(source: tuple[str, str], n: int, *args) -> None:
-    """Run kernel ``source`` over n threads on PyTorch's current stream of the current device."""
+def _launch(source: tuple[str, str], device: torch.device, n: int, *args) -> None:
+    """Run kernel ``source`` over n threads on PyTorch's current stream of ``device``."""
     import cupy
 
     src, name = source
@@ -107,8 +107,10 @@ def _launch(source: tuple[str, str], n: int, *args) -> None:
         kernel = _KERNELS[name] = cupy.RawKernel(src, name, options=OPTIONS)
     if n >= 2**31 * THREADS:
         raise ValueError(f"the CuPy SAF scan handles at most {2**31 * THREADS} neurons, not {n}")
-    stream = torch.cuda.current_stream()
-    with cupy.cuda.Device(stream.device.index):
+    if n == 0:
+        return
+    stream = torch.cuda.current_stream(device)
+    with cupy.cuda.Device(device.index):
         kernel(((n + THREADS - 1) // THREADS,), (THREADS,), args,
                stream=cupy.cuda.ExternalStream(stream.cuda_stream))
 
@@ -135,7 +137,7 @@ class CupyScan(torch.autograd.Function):
         save_z = ctx.needs_input_grad[0]
         z = torch.empty_like(x) if save_z else None
         f32 = np.float32
-        _launch(forward_source(scale is not None, a0 is not None, save_z), N,
+        _launch(forward_source(scale is not None, a0 is not None, save_z), x.device, N,
                 _ptr(x), _ptr(a0), _ptr(acc), _ptr(z), np.int64(T), np.int64(N), f32(lam),
                 f32(theta * lam), f32(theta), f32(1.0 if scale is None else scale))
         if save_z:
@@ -151,6 +153,6 @@ class CupyScan(torch.autograd.Function):
         scale, surrogate, dtype, shape = ctx.meta
         g = grad_acc.to(torch.float32).reshape(z.shape).contiguous()
         dy = torch.empty_like(z)
-        _launch(backward_source(surrogate, scale is not None), z.numel(), _ptr(g), _ptr(z),
-                _ptr(dy), np.int64(z.numel()), np.float32(1.0 if scale is None else scale))
+        _launch(backward_source(surrogate, scale is not None), z.device, z.numel(), _ptr(g),
+                _ptr(z), _ptr(dy), np.int64(z.numel()), np.float32(1.0 if scale is None else scale))
         return dy.reshape(shape).to(dtype), None, None, None, None, None

@@ -30,6 +30,7 @@ Inductor recompile the kernels with its own options, which may contract multiply
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -139,6 +140,11 @@ def _grid(n: int):
     return (triton.cdiv(max(n, 1), BLOCK),)
 
 
+def _on(t: Tensor):
+    """Launch on ``t``'s GPU (Triton launches on the current device)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
              scale: Optional[float], save_z: bool) -> tuple[Tensor, Tensor, Tensor]:
     T = y.shape[0]
@@ -148,11 +154,12 @@ def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
     z = torch.empty((T, N) if save_z else (0,), device=y.device, dtype=torch.float32)
     last = torch.empty(N, device=y.device, dtype=torch.float32)
     a0 = None if acc0 is None else acc0.reshape(-1).to(torch.float32).contiguous()
-    _forward_kernel[_grid(N)](
-        y2, a0 if a0 is not None else last, acc, z if save_z else last, last, T, N,
-        float(lam), float(theta * lam), float(theta), 1.0 if scale is None else float(scale),
-        HAS_ACC0=a0 is not None, HAS_SCALE=scale is not None, SAVE_Z=save_z,
-        KIND=_KIND[y.dtype], BLOCK=BLOCK, **EXACT)
+    with _on(y):
+        _forward_kernel[_grid(N)](
+            y2, a0 if a0 is not None else last, acc, z if save_z else last, last, T, N,
+            float(lam), float(theta * lam), float(theta), 1.0 if scale is None else float(scale),
+            HAS_ACC0=a0 is not None, HAS_SCALE=scale is not None, SAVE_Z=save_z,
+            KIND=_KIND[y.dtype], BLOCK=BLOCK, **EXACT)
     return acc.view(y.shape), z.view(y.shape) if save_z else z, last.view(y.shape[1:])
 
 
@@ -178,9 +185,10 @@ def scan_e_backward(grad: Tensor, z: Tensor, scale: Optional[float], surrogate_i
     """∂L/∂Y = σ'(z) ∂L/∂â κ, element-wise over [T, ...], in ``dtype``."""
     g = grad.contiguous()
     dy = torch.empty(z.shape, device=z.device, dtype=dtype)
-    _e_backward_kernel[_grid(z.numel())](
-        g, z, dy, z.numel(), float(alpha), 1.0 if scale is None else float(scale),
-        SURROGATE=surrogate_id, HAS_SCALE=scale is not None, KIND=_KIND[dtype], BLOCK=BLOCK)
+    with _on(z):
+        _e_backward_kernel[_grid(z.numel())](
+            g, z, dy, z.numel(), float(alpha), 1.0 if scale is None else float(scale),
+            SURROGATE=surrogate_id, HAS_SCALE=scale is not None, KIND=_KIND[dtype], BLOCK=BLOCK)
     return dy
 
 
@@ -225,10 +233,11 @@ def scan_f_backward(grad_last: Tensor, y_last: Tensor, c: Tensor, theta: float,
     """∂L/∂Y [steps, ...]: zero before the last step, the Spike Representation gradient at it."""
     g = grad_last.contiguous()
     dy = torch.zeros((steps, *y_last.shape), device=y_last.device, dtype=y_last.dtype)
-    _f_backward_kernel[_grid(y_last.numel())](
-        g, y_last.contiguous(), c.to(torch.float32).reshape(1), dy[-1], y_last.numel(),
-        float(theta), 1.0 if scale is None else float(scale), HAS_SCALE=scale is not None,
-        KIND=_KIND[y_last.dtype], BLOCK=BLOCK, **EXACT)
+    with _on(dy):
+        _f_backward_kernel[_grid(y_last.numel())](
+            g, y_last.contiguous(), c.to(torch.float32).reshape(1), dy[-1], y_last.numel(),
+            float(theta), 1.0 if scale is None else float(scale), HAS_SCALE=scale is not None,
+            KIND=_KIND[y_last.dtype], BLOCK=BLOCK, **EXACT)
     return dy
 
 
