@@ -1,0 +1,619 @@
+"""The corpus: third-party models used as they are (issue 9), tiny sizes, thresholds calibrated.
+
+Each builder takes the step mode and returns ``(net, x)``: the model in float64 (snnTorch: float32,
+its surrogates emit float32 spikes) with every neuron's threshold set so that every neuron layer
+fires (:func:`corpus_harness.calibrate`), and its input ([T, B, ...] unless the model takes
+something else). Models are in training mode (BatchNorm on batch statistics, dropout on) unless
+said otherwise.
+
+Neurons: SpikingJelly's zoo and examples default to a hard reset (``LIFNode``/``IFNode``
+``v_reset=0.``), which SAF refuses by design (no closed form; issue 9 keeps it refused). The zoo
+constructors take the neuron class and its keyword arguments (``spiking_neuron=neuron.LIFNode,
+v_reset=None``), which is how they are meant to be configured, so the zoo models here are built
+with soft-reset neurons. The conv_fashion_mnist CSNN has no such argument: it is used as it is
+(hard reset: refusal naming the reset is acceptable) and, separately, with its neurons' ``v_reset``
+set to None (the only change).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+from torch import nn
+
+from corpus_harness import Case, calibrate, run
+
+T, B = 3, 2
+
+
+def _ready(net: nn.Module, x: torch.Tensor, step_mode: str, *, whole: bool = False,
+           double: bool = True, train: bool = True, set_mode: bool = True):
+    if double:
+        net, x = net.double(), x.double()
+    if set_mode:
+        functional.set_step_mode(net, step_mode)
+    net.train(train)
+    calibrate(net, lambda: run(net, x, step_mode, whole))
+    return net, x
+
+
+def _images(c: int, h: int, w: int | None = None, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(T, B, c, h, w or h, generator=g)
+
+
+def _events(c: int, h: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(T, B, c, h, h, generator=g) < 0.3).float()
+
+
+SOFT = dict(spiking_neuron=neuron.LIFNode, v_reset=None)  # the zoo's own neuron arguments
+
+# --------------------------------------------------------------------------- SpikingJelly 2.0 zoo
+
+
+def spiking_resnet18(step_mode):
+    from spikingjelly.activation_based.model import spiking_resnet
+
+    return _ready(spiking_resnet.spiking_resnet18(num_classes=10, **SOFT), _images(3, 16), step_mode)
+
+
+def sew_resnet18(cnf):
+    def build(step_mode):
+        from spikingjelly.activation_based.model import sew_resnet
+
+        return _ready(sew_resnet.sew_resnet18(num_classes=10, cnf=cnf, **SOFT), _images(3, 16),
+                      step_mode)
+    return build
+
+
+def ms_resnet18(step_mode):
+    from spikingjelly.activation_based.model import ms_resnet
+
+    # MS-ResNet's own neuron defaults (LIF, θ 0.5, no decay_input) with a soft reset
+    net = ms_resnet.ms_resnet18(T=T, num_classes=10, v_reset=None)
+    return _ready(net, _images(3, 16), step_mode)
+
+
+def spiking_vgg11_bn(step_mode):
+    from spikingjelly.activation_based.model import spiking_vgg
+
+    # 32x32 is the smallest input its five max-poolings take; its classifier (25088 -> 4096 ->
+    # 4096) makes it the slowest model of the corpus
+    net = spiking_vgg.spiking_vgg11_bn(num_classes=10, **SOFT)
+    return _ready(net, _images(3, 32), step_mode)
+
+
+def spikformer(step_mode):
+    from spikingjelly.activation_based.model import spikformer as sf
+
+    # default neurons (LIF τ 2, detach_reset) with a soft reset; CIFAR layout (4x4 patches)
+    net = sf.Spikformer(T=T, in_channels=3, img_size_h=16, img_size_w=16, patch_size=4,
+                        num_classes=10, embed_dims=32, num_heads=2, mlp_ratio=2.0, depths=1,
+                        v_reset=None)
+    return _ready(net, _images(3, 16), step_mode)
+
+
+def plif_net(cls_name, in_c, size, channels=4):
+    def build(step_mode):
+        from spikingjelly.activation_based.model import parametric_lif_net
+
+        cls = getattr(parametric_lif_net, cls_name)
+        net = cls(channels=channels, spiking_neuron=neuron.ParametricLIFNode, v_reset=None)
+        return _ready(net, _images(in_c, size), step_mode)
+    return build
+
+
+def dvs_gesture_net(step_mode):
+    """examples/classify_dvsg.py: parametric_lif_net.DVSGestureNet with LIFNode, ATan,
+    detach_reset=True (as the example builds it), soft reset."""
+    from spikingjelly.activation_based.model import parametric_lif_net
+
+    net = parametric_lif_net.DVSGestureNet(channels=4, spiking_neuron=neuron.LIFNode,
+                                           surrogate_function=surrogate.ATan(),
+                                           detach_reset=True, v_reset=None)
+    return _ready(net, _events(2, 128), step_mode)
+
+
+def _csnn_class():
+    try:  # the example in the installed wheel imports matplotlib, torchvision and tensorboard
+        from spikingjelly.activation_based.examples.conv_fashion_mnist import CSNN
+        return CSNN
+    except ImportError:  # pragma: no cover - examples' dependencies missing
+        return CSNNCopy
+
+
+class CSNNCopy(nn.Module):
+    """Verbatim copy of ``CSNN`` from spikingjelly/activation_based/examples/conv_fashion_mnist.py
+    (SpikingJelly 2.0.0), used only where the example module cannot be imported."""
+
+    def __init__(self, T: int, channels: int):
+        super().__init__()
+        self.T = T
+
+        self.conv_fc = nn.Sequential(
+            layer.Conv2d(1, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+            layer.MaxPool2d(2, 2),  # 14 * 14
+            layer.Conv2d(channels, channels, kernel_size=3, padding=1, bias=False),
+            layer.BatchNorm2d(channels),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+            layer.MaxPool2d(2, 2),  # 7 * 7
+            layer.Flatten(),
+            layer.Linear(channels * 7 * 7, channels * 4 * 4, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+            layer.Linear(channels * 4 * 4, 10, bias=False),
+            neuron.IFNode(surrogate_function=surrogate.ATan()),
+        )
+
+        functional.set_step_mode(self, step_mode="m")
+
+    def forward(self, x: torch.Tensor):
+        # x.shape = [N, C, H, W]
+        x_seq = x.unsqueeze(0).expand(
+            self.T, -1, -1, -1, -1
+        )  # [N, C, H, W] -> [T, N, C, H, W]
+        x_seq = self.conv_fc(x_seq)
+        fr = x_seq.mean(0)
+        return fr
+
+
+def csnn(soft: bool):
+    def build(step_mode):
+        net = _csnn_class()(T=T, channels=4)
+        if soft:
+            for m in net.modules():
+                if isinstance(m, neuron.BaseNode):
+                    m.v_reset = None
+        x = _images(1, 28)[0]  # the model repeats a static image [N, C, H, W] T times itself
+        return _ready(net, x, step_mode, whole=True, set_mode=False)
+    return build
+
+
+# --------------------------------------------------------------------------- snnTorch tutorials
+# Tutorials 5, 6 and 7 of snnTorch 1.0's documentation (docs/tutorials), network definitions as
+# written there; num_steps and the batch are shrunk. float32 throughout.
+
+num_steps = 4
+
+
+def _snn():
+    import snntorch as snn
+    from snntorch import surrogate as ssur
+
+    return snn, ssur
+
+
+class Tutorial5Net(nn.Module):
+    """Tutorial 5 (FC on MNIST): explicit membrane passing, init_leaky(), a loop over
+    num_steps inside forward, stacked spike and membrane records."""
+
+    def __init__(self, num_inputs=784, num_hidden=1000, num_outputs=10, beta=0.95):
+        super().__init__()
+        snn, _ = _snn()
+        # Initialize layers
+        self.fc1 = nn.Linear(num_inputs, num_hidden)
+        self.lif1 = snn.Leaky(beta=beta)
+        self.fc2 = nn.Linear(num_hidden, num_outputs)
+        self.lif2 = snn.Leaky(beta=beta)
+
+    def forward(self, x):
+        # Initialize hidden states at t=0
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+
+        # Record the final layer
+        spk2_rec = []
+        mem2_rec = []
+
+        for step in range(num_steps):
+            cur1 = self.fc1(x)
+            spk1, mem1 = self.lif1(cur1, mem1)
+            cur2 = self.fc2(spk1)
+            spk2, mem2 = self.lif2(cur2, mem2)
+            spk2_rec.append(spk2)
+            mem2_rec.append(mem2)
+
+        return torch.stack(spk2_rec, dim=0), torch.stack(mem2_rec, dim=0)
+
+
+def tutorial5_class(step_mode):
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(B, 784, generator=g)  # a static image, fed at every step by forward
+    return _ready(Tutorial5Net(), x, step_mode, whole=True, double=False, set_mode=False)
+
+
+def tutorial5_sequential(step_mode):
+    snn, _ = _snn()
+    net = nn.Sequential(nn.Linear(784, 1000), snn.Leaky(beta=0.95, init_hidden=True),
+                        nn.Linear(1000, 10), snn.Leaky(beta=0.95, init_hidden=True, output=True))
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(T, B, 784, generator=g)
+    return _ready(net, x, step_mode, double=False, set_mode=False)
+
+
+class Tutorial6Net(nn.Module):
+    """Tutorial 6 (CSNN on MNIST), the class version: F.max_pool2d in forward, init_leaky() at
+    every call (so every step starts from a reset membrane, as the tutorial's code does)."""
+
+    def __init__(self, beta=0.5):
+        super().__init__()
+        snn, ssur = _snn()
+        spike_grad = ssur.fast_sigmoid(slope=25)
+        # Initialize layers
+        self.conv1 = nn.Conv2d(1, 12, 5)
+        self.lif1 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+        self.conv2 = nn.Conv2d(12, 64, 5)
+        self.lif2 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+        self.fc1 = nn.Linear(64 * 4 * 4, 10)
+        self.lif3 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+
+    def forward(self, x):
+        # Initialize hidden states and outputs at t=0
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        mem3 = self.lif3.init_leaky()
+
+        cur1 = F.max_pool2d(self.conv1(x), 2)
+        spk1, mem1 = self.lif1(cur1, mem1)
+
+        cur2 = F.max_pool2d(self.conv2(spk1), 2)
+        spk2, mem2 = self.lif2(cur2, mem2)
+
+        cur3 = self.fc1(spk2.view(x.shape[0], -1))  # the tutorial writes batch_size
+        spk3, mem3 = self.lif3(cur3, mem3)
+
+        return spk3, mem3
+
+
+def tutorial6_class(step_mode):
+    return _ready(Tutorial6Net(), _images(1, 28, seed=6), step_mode, double=False, set_mode=False)
+
+
+def tutorial6_sequential(step_mode):
+    snn, ssur = _snn()
+    spike_grad, beta = ssur.fast_sigmoid(slope=25), 0.5
+    net = nn.Sequential(nn.Conv2d(1, 12, 5),
+                        nn.MaxPool2d(2),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
+                        nn.Conv2d(12, 64, 5),
+                        nn.MaxPool2d(2),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
+                        nn.Flatten(),
+                        nn.Linear(64 * 4 * 4, 10),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True, output=True))
+    return _ready(net, _images(1, 28, seed=6), step_mode, double=False, set_mode=False)
+
+
+def tutorial7_sequential(step_mode):
+    snn, ssur = _snn()
+    spike_grad, beta = ssur.atan(), 0.5
+    net = nn.Sequential(nn.Conv2d(2, 12, 5),
+                        nn.MaxPool2d(2),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
+                        nn.Conv2d(12, 32, 5),
+                        nn.MaxPool2d(2),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True),
+                        nn.Flatten(),
+                        nn.Linear(32 * 5 * 5, 10),
+                        snn.Leaky(beta=beta, spike_grad=spike_grad, init_hidden=True, output=True))
+    return _ready(net, _events(2, 34, seed=7), step_mode, double=False, set_mode=False)
+
+
+class Tutorial7Net(nn.Module):
+    """Tutorial 7's network (N-MNIST) in the class style of tutorials 5 and 6: the same layers,
+    F.max_pool2d, init_leaky() once, a loop over the time steps of the input inside forward."""
+
+    def __init__(self, beta=0.5):
+        super().__init__()
+        snn, ssur = _snn()
+        spike_grad = ssur.atan()
+        self.conv1 = nn.Conv2d(2, 12, 5)
+        self.lif1 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+        self.conv2 = nn.Conv2d(12, 32, 5)
+        self.lif2 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+        self.fc1 = nn.Linear(32 * 5 * 5, 10)
+        self.lif3 = snn.Leaky(beta=beta, spike_grad=spike_grad)
+
+    def forward(self, data):
+        mem1 = self.lif1.init_leaky()
+        mem2 = self.lif2.init_leaky()
+        mem3 = self.lif3.init_leaky()
+        spk_rec = []
+        for step in range(data.size(0)):
+            cur1 = F.max_pool2d(self.conv1(data[step]), 2)
+            spk1, mem1 = self.lif1(cur1, mem1)
+            cur2 = F.max_pool2d(self.conv2(spk1), 2)
+            spk2, mem2 = self.lif2(cur2, mem2)
+            spk3, mem3 = self.lif3(self.fc1(spk2.flatten(1)), mem3)
+            spk_rec.append(spk3)
+        return torch.stack(spk_rec)
+
+
+def tutorial7_class(step_mode):
+    return _ready(Tutorial7Net(), _events(2, 34, seed=7), step_mode, whole=True, double=False,
+                  set_mode=False)
+
+
+# --------------------------------------------------------------------------- the corpus
+
+NONLIN = r"(?i)max_?pool|batch_?norm|BatchNorm"
+SEW = r"(?i)max_?pool|batch_?norm|\bmul\b|\*|and"
+ATTN = r"(?i)max_?pool|batch_?norm|matmul|@|\bmul\b|attention"
+HARD_RESET = r"(?i)reset"
+L05 = 0.5  # λ of LIF τ 2 and of ParametricLIF at init_tau 2
+
+ZOO = [
+    Case("sj_spiking_resnet18", spiking_resnet18, refuse_f=NONLIN, f_decay=L05),
+    Case("sj_sew_resnet18_ADD", sew_resnet18("ADD"), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_sew_resnet18_AND", sew_resnet18("AND"), refuse_f=SEW, f_decay=L05),
+    Case("sj_sew_resnet18_IAND", sew_resnet18("IAND"), refuse_f=SEW, f_decay=L05),
+    Case("sj_ms_resnet18", ms_resnet18, step_modes=("m",)),  # forward returns head(x).mean(0)
+    Case("sj_spiking_vgg11_bn", spiking_vgg11_bn, refuse_f=NONLIN, f_decay=L05),
+    Case("sj_spikformer", spikformer, step_modes=("m",), refuse_f=ATTN, f_decay=L05),
+    Case("sj_plif_MNISTNet", plif_net("MNISTNet", 1, 28), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_plif_NMNISTNet", plif_net("NMNISTNet", 2, 34), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_plif_CIFAR10Net", plif_net("CIFAR10Net", 3, 32), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_plif_CIFAR10DVSNet", plif_net("CIFAR10DVSNet", 2, 128), refuse_f=NONLIN,
+         f_decay=L05),
+    Case("sj_example_dvsgesture", dvs_gesture_net, refuse_f=NONLIN, f_decay=L05),
+    # conv_fashion_mnist's CSNN repeats a static image inside forward and returns the firing
+    # rate (mean over t): step mode 'm' only, no per-step output for SAF-F
+    Case("sj_example_csnn_as_is", csnn(False), step_modes=("m",), whole=True,
+         refuse=HARD_RESET),
+    Case("sj_example_csnn_soft_reset", csnn(True), step_modes=("m",), whole=True),
+    Case("snn_tutorial5_class", tutorial5_class, step_modes=("s",), whole=True),
+    Case("snn_tutorial5_sequential", tutorial5_sequential, step_modes=("s",)),
+    Case("snn_tutorial6_class", tutorial6_class, step_modes=("s",)),
+    Case("snn_tutorial6_sequential", tutorial6_sequential, step_modes=("s",)),
+    Case("snn_tutorial7_class", tutorial7_class, step_modes=("s",), whole=True),
+    Case("snn_tutorial7_sequential", tutorial7_sequential, step_modes=("s",)),
+]
+
+
+# --------------------------------------------------------------------------- issue 9, "Why"
+# One small model per case listed under "Why" (SpikingJelly 2.0 modules, float64).
+
+
+def lif(tau=2.0, **kw):
+    return neuron.LIFNode(tau=tau, decay_input=False, v_reset=None, **kw)
+
+
+def _seq(shape, seed=9, steps=T):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(steps, B, *shape, generator=g) * 2
+
+
+class TinySEW(nn.Module):
+    """SEW connection of two spike tensors (``sew_resnet.sew_function``: ADD / AND a·b /
+    IAND a·(1 − b)) between neuron layers."""
+
+    def __init__(self, cnf):
+        super().__init__()
+        self.cnf = cnf
+        self.fc0, self.sn0 = layer.Linear(12, 16), lif()
+        self.fc1, self.sn1 = layer.Linear(16, 16), lif()
+        self.head = layer.Linear(16, 5)
+
+    def forward(self, x):
+        from spikingjelly.activation_based.model.sew_resnet import sew_function
+
+        a = self.sn0(self.fc0(x))
+        b = self.sn1(self.fc1(a))
+        return self.head(sew_function(b, a, self.cnf))
+
+
+class TinySpikeAttention(nn.Module):
+    """Spiking self-attention as Spikformer computes it: spike Q·Kᵀ·V (matmuls of spike
+    tensors), scaled, into a neuron. Tokens [..., L, D]."""
+
+    def __init__(self, d=8):
+        super().__init__()
+        self.q, self.sq = layer.Linear(d, d), lif()
+        self.k, self.sk = layer.Linear(d, d), lif()
+        self.v, self.sv = layer.Linear(d, d), lif()
+        self.sa = lif()
+        self.head = layer.Linear(d, 5)
+
+    def forward(self, x):
+        q, k, v = self.sq(self.q(x)), self.sk(self.k(x)), self.sv(self.v(x))
+        attn = (q @ k.transpose(-2, -1)) @ v * 0.125
+        return self.head(self.sa(attn))
+
+
+class FMaxPoolNet(nn.Module):
+    """Max pooling called as a function in forward (tutorial-6 style), single step."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.sn1 = layer.Conv2d(2, 6, 3, padding=1), lif()
+        self.conv2, self.sn2 = layer.Conv2d(6, 6, 3, padding=1), lif()
+        self.fc = layer.Linear(6 * 2 * 2, 5)
+
+    def forward(self, x):
+        x = self.sn1(F.max_pool2d(self.conv1(x), 2))
+        x = F.max_pool2d(self.sn2(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+class RawInputSkip(nn.Module):
+    """The raw input feeds two branches: n2(fc2(n1(fc1(x))) + proj(x))."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.n1 = layer.Linear(12, 16), lif()
+        self.fc2, self.proj, self.n2 = layer.Linear(16, 8), layer.Linear(12, 8), lif()
+
+    def forward(self, x):
+        return self.n2(self.fc2(self.n1(self.fc1(x))) + self.proj(x))
+
+
+class SharedNeuron(nn.Module):
+    """One neuron object used for two layers (SpikingJelly: one shared membrane)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2, self.sn = layer.Linear(12, 16), layer.Linear(16, 16), lif()
+        self.head = layer.Linear(16, 5)
+
+    def forward(self, x):
+        return self.head(self.sn(self.fc2(self.sn(self.fc1(x)))))
+
+
+class TokenLinear(nn.Module):
+    """Transformer-style Linear over tokens [.., L, D] with bias, L == out_features."""
+
+    def __init__(self, L=8, D=6):
+        super().__init__()
+        self.fc1, self.sn1 = layer.Linear(D, L), lif()  # out_features == L
+        self.fc2, self.sn2 = layer.Linear(L, L), lif()
+        self.head = layer.Linear(L * L, 5)
+
+    def forward(self, x):
+        return self.head(self.sn2(self.fc2(self.sn1(self.fc1(x)))).flatten(-2))
+
+
+class UntraceableMixedTau(nn.Module):
+    """A data-dependent ``if`` (torch.fx cannot trace it) and a skip across τ 2 and τ 8."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.n1 = layer.Linear(12, 16), lif(2.0)
+        self.fc2, self.n2 = layer.Linear(16, 16), lif(8.0)
+        self.fc3, self.n3 = layer.Linear(16, 16), lif(2.0)
+        self.head = layer.Linear(16, 5)
+
+    def forward(self, x):
+        h1 = self.n1(self.fc1(x))
+        h2 = self.n2(self.fc2(h1))
+        if h2.sum() >= 0:  # always true, but only a real forward knows
+            h2 = h2 + h1  # mixes τ 2 and τ 8
+        return self.head(self.n3(self.fc3(h2)))
+
+
+def ends_in_neuron():
+    """Ends in a neuron; τ 3 (λ = 2/3 is not a binary fraction, so float32 de-accumulation
+    â[t] − λ â[t−1] of an exit neuron rounds: 0.99999994 instead of 1)."""
+    return nn.Sequential(layer.Linear(12, 64), lif(3.0), layer.Linear(64, 64), lif(3.0))
+
+
+class DictNet(nn.Module):
+    """Layers in an nn.ModuleDict, used by key in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers = nn.ModuleDict({"fc1": layer.Linear(12, 16), "sn1": lif(),
+                                     "fc2": layer.Linear(16, 16), "sn2": lif(),
+                                     "head": layer.Linear(16, 5)})
+
+    def forward(self, x):
+        d = self.layers
+        return d["head"](d["sn2"](d["fc2"](d["sn1"](d["fc1"](x)))))
+
+
+class ListNet(nn.Module):
+    """Blocks in an nn.ModuleList, iterated in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.fcs = nn.ModuleList([layer.Linear(12, 16), layer.Linear(16, 16)])
+        self.sns = nn.ModuleList([lif(), lif()])
+        self.head = layer.Linear(16, 5)
+
+    def forward(self, x):
+        for fc, sn in zip(self.fcs, self.sns):
+            x = sn(fc(x))
+        return self.head(x)
+
+
+class HeadFirst(nn.Module):
+    """The head is registered before the body."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = layer.Linear(16, 5)
+        self.body = nn.Sequential(layer.Linear(12, 16), lif(), layer.Linear(16, 16), lif())
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def train_bn_maxpool():
+    """Conv, BatchNorm in training mode, MaxPool (module), as in most SpikingJelly models."""
+    return nn.Sequential(
+        layer.Conv2d(2, 6, 3, padding=1), layer.BatchNorm2d(6), lif(), layer.MaxPool2d(2),
+        layer.Conv2d(6, 6, 3, padding=1), layer.BatchNorm2d(6), lif(), layer.AvgPool2d(2),
+        layer.Flatten(), layer.Linear(6 * 2 * 2, 5))
+
+
+def torch_dropout():
+    """torch.nn.Dropout between neurons: a new mask at every call (every step in 's')."""
+    return nn.Sequential(layer.Linear(12, 32), lif(), nn.Dropout(0.3), layer.Linear(32, 16),
+                         lif(), layer.Linear(16, 5))
+
+
+def linear_recurrent():
+    return nn.Sequential(layer.Linear(12, 16),
+                         layer.LinearRecurrentContainer(lif(), in_features=16, out_features=16),
+                         layer.Linear(16, 5))
+
+
+def elementwise_recurrent():
+    return nn.Sequential(layer.Linear(12, 16),
+                         layer.ElementWiseRecurrentContainer(lif(), element_wise_function=
+                                                             lambda x, y: x + y),
+                         layer.Linear(16, 5))
+
+
+def hard_reset():
+    return nn.Sequential(layer.Linear(12, 16), neuron.LIFNode(tau=2.0), layer.Linear(16, 5))
+
+
+def snn_rleaky(step_mode):
+    snn, _ = _snn()
+    net = nn.Sequential(nn.Linear(12, 16), snn.RLeaky(beta=0.9, linear_features=16,
+                                                      init_hidden=True),
+                        nn.Linear(16, 5))
+    return _ready(net, _seq((12,)), step_mode, double=False, set_mode=False)
+
+
+def sj(factory, shape, *, double=True, steps=T):
+    def build(step_mode):
+        return _ready(factory(), _seq(shape, steps=steps), step_mode, double=double)
+    return build
+
+
+PER_STEP_F = r"(?i)max_?pool|batch_?norm|dropout|\bmul\b|\*|matmul|@|per.step"
+WHY = [
+    Case("why_sew_AND", sj(lambda: TinySEW("AND"), (12,)), refuse_f=PER_STEP_F, f_decay=L05),
+    Case("why_sew_IAND", sj(lambda: TinySEW("IAND"), (12,)), refuse_f=PER_STEP_F, f_decay=L05),
+    Case("why_spike_attention", sj(TinySpikeAttention, (4, 8)), refuse_f=PER_STEP_F,
+         f_decay=L05),
+    Case("why_f_max_pool2d_class", sj(FMaxPoolNet, (2, 8, 8)), step_modes=("s",),
+         refuse_f=PER_STEP_F, f_decay=L05),
+    Case("why_raw_input_skip", sj(RawInputSkip, (12,)), f_decay=L05),
+    Case("why_shared_neuron", sj(SharedNeuron, (12,)),
+         refuse=r"(?i)\bsn\b|twice|more than once|shared|same (neuron|module|object)",
+         f_decay=L05),
+    Case("why_token_linear", sj(TokenLinear, (8, 6)), f_decay=L05),
+    Case("why_untraceable_mixed_tau", sj(UntraceableMixedTau, (12,)),
+         refuse=r"(?i)τ|tau|decay", f_decay=L05),
+    Case("why_ends_in_neuron_float32", sj(ends_in_neuron, (12,), double=False, steps=8),
+         f_decay=2 / 3),
+    Case("why_module_dict", sj(DictNet, (12,)), f_decay=L05),
+    Case("why_module_list", sj(ListNet, (12,)), f_decay=L05),
+    Case("why_head_registered_first", sj(HeadFirst, (12,)), f_decay=L05),
+    Case("why_train_bn_maxpool", sj(train_bn_maxpool, (2, 8, 8)), refuse_f=PER_STEP_F,
+         f_decay=L05),
+    Case("why_torch_dropout_per_step", sj(torch_dropout, (12,)), refuse_f=PER_STEP_F,
+         f_decay=L05),
+    # refusal allowed: recurrent containers and hard reset (issue 9, "What to build" 4 and 5)
+    Case("why_linear_recurrent_container", sj(linear_recurrent, (12,)),
+         refuse=r"(?i)recurrent", f_decay=L05),
+    Case("why_elementwise_recurrent_container", sj(elementwise_recurrent, (12,)),
+         refuse=r"(?i)recurrent", f_decay=L05),
+    Case("why_snntorch_rleaky", snn_rleaky, step_modes=("s",), refuse=r"(?i)RLeaky|recurrent"),
+    Case("why_hard_reset", sj(hard_reset, (12,)), refuse=r"(?i)reset", f_decay=L05),
+]
