@@ -142,12 +142,20 @@ def test_cupy_kernel_vs_torch_backend(dtype, decay_input, T, shape, sur):
 
 @pytest.mark.gpu
 @gpu
-def test_cupy_saf_f():
+@pytest.mark.parametrize("backend", ["cupy", "triton"])
+def test_saf_f_kernels(backend):
+    """SAF-F needs no surrogate: the Triton scan runs it with this generation too."""
     y = (torch.rand(6, 4096, device="cuda") * 3).requires_grad_(True)
     sur = surrogate.Sigmoid()
-    if not kernels.available("cupy", y, sur)[0]:
-        pytest.skip("no cupy")
+    ok, why = kernels.available(backend, y, sur, mode="F")
+    if not ok:
+        pytest.skip(why)
     c = core.bias_series(0, 6, 0.5, like=y)[-1]
-    a = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, mode="F", c_last=c, backend="cupy")[0]
-    b = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur, mode="F", c_last=c, backend="torch")[0]
-    assert torch.equal(a, b)
+    res = {}
+    for b in (backend, "torch"):
+        yy = y.detach().clone().requires_grad_(True)
+        a = kernels.scan(yy, None, lam=0.5, theta=1.0, surrogate=sur, mode="F", c_last=c, backend=b)[0]
+        a[-1].sum().backward()
+        res[b] = (a, yy.grad)
+    assert torch.equal(res[backend][0], res["torch"][0])
+    assert torch.equal(res[backend][1], res["torch"][1])
