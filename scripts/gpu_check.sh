@@ -55,13 +55,16 @@ step() {
   return 0
 }
 
+# has MODULE: can Python import it (a probe, itself under a time limit)?
+has() { timeout -k 5 60 "$PY" -c "import $1" > /dev/null 2>&1; }
+
 # Pure-Python wheels of group $1 into $SITE/$1 (pip, or unzip where pip is missing).
 install() {
   local group=$1
   local wheels=("$WHL/$group"/*.whl)
   if [ ! -e "${wheels[0]}" ]; then note "install_$group: no wheels in $WHL/$group"; return 1; fi
   rm -rf "${SITE:?}/$group"
-  if "$PY" -m pip --version > /dev/null 2>&1; then
+  if has pip; then
     step "install_$group" 60 "$PY" -m pip install -q --no-index --no-deps --target "$SITE/$group" "${wheels[@]}"
   else
     mkdir -p "$SITE/$group"
@@ -79,11 +82,11 @@ if torch.cuda.is_available(): print(torch.cuda.get_device_name(), torch.cuda.get
 
 # PYTHONPATH for each generation: the repository, the generation, what this machine lacks.
 COMMON=""
-if ! "$PY" -c "import pytest" > /dev/null 2>&1; then install tools && COMMON="$COMMON:$SITE/tools"; fi
-if ! "$PY" -c "import torch.utils.tensorboard" > /dev/null 2>&1; then
+if ! has pytest; then install tools && COMMON="$COMMON:$SITE/tools"; fi
+if ! has torch.utils.tensorboard; then
   install extra && COMMON="$COMMON:$SITE/extra"  # SpikingJelly 2.0's learning module imports it
 fi
-if ! "$PY" -c "import h5py" > /dev/null 2>&1; then  # only imported by SpikingJelly 2.0's model zoo
+if ! has h5py; then  # only imported by SpikingJelly 2.0's model zoo
   mkdir -p "$SITE/stubs/h5py"
   echo '"""Stand-in for h5py (imported by SpikingJelly 2.0'"'"'s model package, unused here)."""' \
     > "$SITE/stubs/h5py/__init__.py"

@@ -27,7 +27,9 @@ def test_timeout_gets_programs_only():
     assert {"step", "note", "install"} <= functions
     for line in re.findall(r"^\s*step \S+ \d+ (\S+)", text, re.M):
         assert line not in functions, line
-    assert re.findall(r"timeout [^\n]*", text) == ['timeout -k 5 "$limit" "$@" >> "$OUT/$name.log" 2>&1']
+    calls = re.findall(r"\btimeout -k 5 (\S+) (\S+)", text)
+    assert calls == [('"$limit"', '"$@"'), ("60", '"$PY"')], calls  # step's, has's
+    assert not re.search(r'^\s*(if !? ?)?"\$PY"', text, re.M)  # every Python run is timed
 
 
 def test_dry_run(tmp_path):
