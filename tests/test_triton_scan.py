@@ -90,6 +90,7 @@ def test_triton_equals_torch_scan(dtype, mode, sname, case, carried):
     a_t, last_t, g_t = _run("triton", y, acc0, mode, sur, lam, theta, scale, c)
     a_o, last_o, g_o = _run("torch", y, acc0, mode, sur, lam, theta, scale, c)
     assert a_t.dtype == dtype and g_t.dtype == dtype and last_t.dtype == torch.float32
+    assert not last_t.requires_grad  # the carried state holds no graph
     assert torch.equal(a_t, a_o) and torch.equal(last_t, last_o)  # bit for bit
     if not carried and theta != 1.3:  # u[0] = θ exactly (1.3 is not exact in bf16/fp16)
         s0 = a_t.float().view(T, -1)[0]

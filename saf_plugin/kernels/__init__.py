@@ -215,7 +215,7 @@ def scan(
             c = torch.as_tensor(c, dtype=torch.float32, device=y_seq.device)
             acc, last, _ = torch.ops.saf_plugin.scan_f(y_seq, prev, float(lam), float(theta),
                                                        scale, c)
-        return acc, last
+        return acc, last.detach()  # the state carries no graph
     scale = None if input_scale is None else float(input_scale)
     if mode == "E":
         if which == "cupy":
