@@ -131,6 +131,20 @@ def test_surrogate_without_triton_derivative_is_refused():
 
 
 @interpret
+def test_bf16_rounds_to_nearest_even():
+    """The explicit fp32 -> bf16 rounding equals PyTorch's: ties to even, inf, NaN, -0."""
+    from saf_plugin.kernels import triton_scan  # noqa: F401  (registers the ops)
+
+    g = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1 + 2**-8, 1 + 3 * 2**-8,
+                       3.0e38, 3.4e38, -1 - 3 * 2**-9, 0.1, -0.0, 1e-40]])
+    # SuperSpike (id 5) with α = 1 has σ'(0) = 1: the kernel stores g itself, rounded
+    dy = torch.ops.saf_plugin.scan_e_backward(g, torch.zeros_like(g), None, 5, 1.0, torch.bfloat16)
+    want = g.bfloat16()
+    assert torch.equal(dy.isnan(), want.isnan())  # NaN stays NaN (payloads may differ)
+    assert torch.equal(dy[~want.isnan()].view(torch.int16), want[~want.isnan()].view(torch.int16))
+
+
+@interpret
 def test_no_grad_saves_nothing_and_state_carries():
     """Two scans of halves, the state carried, equal one scan of the whole sequence."""
     sur = _surrogate("sigmoid")

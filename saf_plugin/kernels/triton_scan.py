@@ -68,8 +68,8 @@ def _store(ptr, x, mask, KIND: tl.constexpr):
         tl.store(ptr, x.to(tl.float16), mask=mask)
     else:
         bits = x.to(tl.uint32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        tl.store(ptr, (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
+        bits = tl.where(x == x, (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16, 0x7FC0)  # NaN: NaN
+        tl.store(ptr, bits.to(tl.uint16).to(tl.bfloat16, bitcast=True), mask=mask)
 
 
 @triton.jit
