@@ -505,6 +505,12 @@ def ends_in_neuron():
     return nn.Sequential(layer.Linear(12, 64), lif(3.0), layer.Linear(64, 64), lif(3.0))
 
 
+def hidden_neurons():
+    """A plain chain whose hidden neurons are watched by hooks and monitors."""
+    return nn.Sequential(layer.Linear(12, 32), lif(), layer.Linear(32, 16), lif(),
+                         layer.Linear(16, 5))
+
+
 class DictNet(nn.Module):
     """Layers in an nn.ModuleDict, used by key in forward."""
 
@@ -608,6 +614,7 @@ WHY = [
          refuse=r"(?i)τ|tau|decay", f_decay=L05),
     Case("why_ends_in_neuron_float32", sj(ends_in_neuron, (12,), double=False, steps=8),
          f_decay=2 / 3),
+    Case("why_hooks_on_hidden_neurons", sj(hidden_neurons, (12,)), f_decay=L05),
     Case("why_module_dict", sj(DictNet, (12,)), f_decay=L05),
     Case("why_module_list", sj(ListNet, (12,)), f_decay=L05),
     Case("why_head_registered_first", sj(HeadFirst, (12,)), f_decay=L05),

@@ -139,7 +139,7 @@ def test_corpus(name, check, step_mode):
 def test_hooks_and_output_monitor_record_real_spikes(step_mode):
     """Forward hooks and SpikingJelly's monitor.OutputMonitor on hidden neurons record the same
     spikes (hence the same firing rate) under SAF-E as in the plain model."""
-    case = CASES["why_module_list"]
+    case = CASES["why_hooks_on_hidden_neurons"]
     net, x = case.build(step_mode)
 
     def record():
