@@ -11,13 +11,17 @@ The rule (issue 9, "Done when"): for each model and SAF mode the outcome is eith
   outputs; SAF-F: the spike representation r[t] = (Σ_k λ^(t−k) o[k]) / c[t] of the plain
   per-step outputs o, c[t] = Σ_{k≤t} λ^k), and ``set_saf(net, None)`` restores the plain
   forward bit for bit; or
-- ``refused``: ``set_saf`` raises a saf-plugin error before any output, the message names the
-  operation (a per-case regular expression), and the model still runs its plain forward bit
-  for bit -- and only for cases where the issue allows a refusal.
+- ``refused``: a saf-plugin error before any output, whose message names the operation (a
+  per-case regular expression), after which the model runs its plain forward bit for bit --
+  and only for cases where the issue allows a refusal. "Before any output" is ``set_saf``
+  itself, or the model's first call, provided that call returns nothing and leaves the model
+  switched back (``saf_mode(net) is None``): issue 9 asks for a refusal "before any output is
+  produced", and an engine that analyses the model by recording its first real forward can
+  only refuse there.
 
 Anything else -- outputs that differ (``wrong``), an unrelated exception (``crash``), a saf-plugin
-error raised while the converted model runs (``runtime-error``: that is after set_saf accepted
-the model) -- fails.
+error raised after an output was returned or leaving the model switched (``runtime-error``) --
+fails.
 
 float32 (snnTorch, whose surrogates emit float32 spikes): every output whose plain values are all
 0 or 1 (spikes) must be equal exactly; other outputs (membranes) within atol = rtol = 1e-5.
@@ -174,14 +178,22 @@ def _stack(outs: list):
     return torch.stack(outs)
 
 
-def run(net: nn.Module, x, step_mode: str, whole: bool = False):
+def run(net: nn.Module, x, step_mode: str, whole: bool = False, calls: Optional[list] = None):
     """Reset, then run: the whole sequence in one call (step mode 'm', or a model that loops over
-    time itself), else one call per step on x[t]; outputs stacked to [T, ...]."""
+    time itself), else one call per step on x[t]; outputs stacked to [T, ...]. ``calls`` gets
+    one entry per call that returned."""
+    calls = [] if calls is None else calls
     reset(net)
     torch.manual_seed(SEED)
     if whole or step_mode == "m":
-        return net(x)
-    return _stack([net(xt) for xt in x])
+        out = net(x)
+        calls.append(1)
+        return out
+    outs = []
+    for xt in x:
+        outs.append(net(xt))
+        calls.append(1)
+    return _stack(outs)
 
 
 def outputs(out) -> list[Tensor]:
@@ -321,11 +333,19 @@ def _judge(case, net, x, ref, rates, mode, step_mode) -> Outcome:
                        message=str(e))
     except Exception as e:  # noqa: BLE001 - any other exception is the "crash" outcome
         return Outcome("crash", f"set_saf: {type(e).__name__}: {str(e)[:200]}")
-    failed = None
+    failed, calls = None, []
     try:
-        got = outputs(run(net, x, step_mode, case.whole))
+        got = outputs(run(net, x, step_mode, case.whole, calls=calls))
     except saf_plugin.SAFError as e:
-        failed = Outcome("runtime-error", f"{type(e).__name__}: {str(e)[:300]}")
+        if not calls and saf_plugin.saf_mode(net) is None:  # refused at the first call
+            back = outputs(run(net, x, step_mode, case.whole))
+            if not all(torch.equal(a, b) for a, b in zip(back, ref)):
+                return Outcome("not-reverted", "a refusal at the first call changed the model")
+            lines = str(e).splitlines()
+            return Outcome("refused", "(at the first call) " + " | ".join(
+                line.strip() for line in lines[:3])[:400], message=str(e))
+        failed = Outcome("runtime-error", f"{type(e).__name__} after {len(calls)} calls "
+                         f"returned: {str(e)[:300]}")
     except Exception as e:  # noqa: BLE001
         failed = Outcome("crash", f"run: {type(e).__name__}: {str(e)[:300]}")
     try:
