@@ -116,8 +116,9 @@ def fix(net: nn.Module) -> list[Finding]:
     from .swap import invalidate_reset_cache, saf_mode
 
     load_adapters()
-    if saf_mode(net) is not None:
-        raise SAFStateError("fix() changes modules: call set_saf(net, None) first")
+    if saf_mode(net) is not None or any(m.__dict__.get("_saf_rt") for m in net.modules()):
+        raise SAFStateError("fix() changes modules of a model that is switched to SAF: call "
+                            "set_saf(model, None) on the model first")
     changes: list[Finding] = []
     replacements: list[tuple[str, nn.Module]] = []
     for path, module, spec in list(walk(net)):

@@ -72,18 +72,20 @@ class Rep:
     tm: bool = True
     site: Any = None
     raw: bool = False  # derived from the network input through no neuron (a time loop's input)
+    sites: tuple = ()  # the linear sites an ACC went through since its last neuron
 
 
 class Site:
     """The state of one operation position in a step."""
 
-    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev")
+    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
         self.in_acc: dict[int, Tensor] = {}  # accumulated per-step input, per operand
         self.out_prev: Optional[Tensor] = None
         self.needs_prev = False
+        self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
 
     def clear(self) -> None:
         self.in_acc = {}
@@ -108,8 +110,25 @@ def user_frame() -> str:
     return "<unknown>"
 
 
+_INPLACE_DUNDER = {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_",
+                   "idiv": "div_"}
+
+
+# values leaving the tensor world (Python numbers, printing, NumPy): always the per-step value
+_ESCAPE = {"__float__", "__int__", "__bool__", "__index__", "__complex__", "item", "tolist",
+           "numpy", "__array__", "__format__", "__repr__", "__str__", "equal", "allclose",
+           "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "eq", "ne", "lt", "le",
+           "gt", "ge", "isclose"}
+
+
 def _name(func) -> str:
-    return getattr(func, "__name__", str(func)).strip("_") or str(func)
+    """``__add__`` -> "add", ``add_`` stays "add_" (in place), ``__iadd__`` -> "add_"."""
+    name = getattr(func, "__name__", str(func))
+    if name in _ESCAPE:
+        return "escape"
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+    return _INPLACE_DUNDER.get(name, name)
 
 
 # --------------------------------------------------------------------------- op tables
@@ -179,6 +198,8 @@ class Runtime:
         self.decay = 1.0
         self.record: Optional[list] = None  # check(): (where, operation, route)
         self.in_shape = None
+        self.interrupted = False
+        self.probed = False
 
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
@@ -219,7 +240,14 @@ class Runtime:
         if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
             raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
                              "at least one step")
-        new = not self.started or self.restart or (fresh and all(fresh))
+        reset = self.restart or bool(fresh and all(fresh))
+        if self.interrupted and not reset:
+            raise SAFStateError(
+                "the previous step was interrupted (an exception inside forward), so the model's "
+                "state is half-updated; reset the model (spikingjelly: functional.reset_net(net); "
+                "snntorch: utils.reset(net)) and start the sequence again")
+        self.interrupted = False
+        new = not self.started or reset
         if any(fresh) and not all(fresh) and not self.restart and self.started:
             raise SAFStateError(
                 "some neurons of the model were reset and others were not; under SAF reset the "
@@ -348,11 +376,14 @@ class Runtime:
         accumulated here, with the decay ``lam`` or the model's first neuron's)."""
         rep = self.reps.get(x)
         fresh = rep is not None and rep.call == self.call
-        if fresh and rep.kind == ACC and (lam is None or rep.decay == lam):
-            return x, rep.decay
-        if fresh and rep.kind == SPIKE and (lam is None or rep.decay == lam):
-            return rep.acc, rep.decay
-        v = x if rep is None else self.step_value(x, rep)
+        if lam is None and site.recv is not None and self.step_mode == "s":
+            lam = site.recv  # accumulate with the receiver's decay: OTTT's trace
+        if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam):
+            acc = x if rep.kind == ACC else rep.acc
+            if self.t == 0 and self.step_mode == "s":
+                site.in_acc[slot] = acc.detach()  # = the value at t = 0, whatever the decay
+            return acc, rep.decay
+        v = x if rep is None or rep.kind == SPIKE else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
             v = v.detach()  # state from an earlier step (recurrence): history detached
         lam = self.decay if lam is None else lam
@@ -411,6 +442,8 @@ class Runtime:
         flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
         if not any(a in self.reps for a in flat) or name in _CREATE:
             return func(*args, **kwargs)
+        if name == "escape":
+            return self._per_step(func, name, args, kwargs, note=False)
         if name.endswith("_") and name not in ("requires_grad_",):
             return self._inplace(func, name, args, kwargs)
         route = self._route(name, args, kwargs)
@@ -507,15 +540,15 @@ class Runtime:
         self.reps[o] = new
         return o
 
-    def _per_step(self, func, name, args, kwargs):
-        if self.mode == "F":
+    def _per_step(self, func, name, args, kwargs, note: bool = True):
+        if self.mode == "F" and note:
             raise Refusal(Finding(
                 "", name, "unsupported",
                 f"{name} at {user_frame()} is not linear in the accumulations, so it runs per step; "
                 "SAF-F's gradient (the Spike Representation's) is defined for linear maps "
                 "between neurons only",
                 "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
-        if self.record is not None:
+        if self.record is not None and note:
             self._note(user_frame(), name, "per step")
         tagged = [a for a in tree_flatten((args, kwargs))[0]
                   if torch.is_tensor(a) and a in self.reps]
@@ -541,11 +574,12 @@ class Runtime:
     def _inplace(self, func, name, args, kwargs):
         """x.op_(...) on tagged values: the out-of-place op, copied back into x."""
         x = args[0]
-        out_of_place = getattr(torch.Tensor, name[:-1], None)
+        out_of_place = getattr(torch.Tensor, name[:-1], None) if name != "copy_" else None
         if out_of_place is None or not torch.is_tensor(x):
             return self._per_step(func, name, args, kwargs)
         res = self.dispatch(out_of_place, args, kwargs)
         rep = self.reps.get(res)
+        self._unalias(x)
         self.paused += 1
         try:
             x.copy_(res)
@@ -554,6 +588,20 @@ class Runtime:
         if rep is not None:
             self.reps[x] = Rep(**rep.__dict__)
         return x
+
+    def _unalias(self, x: Tensor) -> None:
+        """Before x is overwritten in place: state that shares its storage gets a copy."""
+        ptr = x.untyped_storage().data_ptr()
+
+        def own(t):
+            return t.clone() if torch.is_tensor(t) and t.untyped_storage().data_ptr() == ptr else t
+
+        for s in self.sites:
+            s.in_acc = {k: own(v) for k, v in s.in_acc.items()}
+            s.out_prev = own(s.out_prev)
+        for st in self.states.values():
+            for k, v in vars(st).items():
+                setattr(st, k, own(v))
 
     # linear maps -------------------------------------------------------------
 
@@ -571,14 +619,15 @@ class Runtime:
                     bias = kwargs.pop("bias")
                 elif len(args) > 2:
                     bias, args[2] = args[2], None
-            a, lam = self.accumulated(args[0], site)
+            x = args[0]
+            a, lam = self.accumulated(x, site)
             args[0] = a
             out = self._split_call(func, args, kwargs, a)
             if bias is not None:
                 shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
                 b = bias.view(shape)
                 out = self._shift(out + b, b, lam)
-            return self._acc_out(out, lam, site)
+            return self._acc_out(out, lam, site, inputs=(x,))
         return run
 
     def _split_call(self, func, args, kwargs, a: Tensor):
@@ -593,13 +642,16 @@ class Runtime:
             h = func(*head, **kwargs)
         return torch.cat([h, func(*tail, **kwargs)])
 
-    def _acc_out(self, out: Tensor, lam: float, site: Site, raw: bool = False) -> Tensor:
+    def _acc_out(self, out: Tensor, lam: float, site: Site, raw: bool = False,
+                 inputs: tuple = ()) -> Tensor:
         prev = site.out_prev
+        up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
+                   for u in self.reps[a].sites if self.reps[a].kind == ACC)
         if self.learning or site.needs_prev:
             site.out_prev = (out.detach() if self.step_mode == "s"
                              else out.detach().unflatten(0, (self.steps, -1))[-1])
         self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=out, prev=prev,
-                             tm=self._tm(out), site=site, raw=raw)
+                             tm=self._tm(out), site=site, raw=raw, sites=(site, *up))
         return out
 
     def _batch_norm(self, func, name, args, kwargs):
@@ -625,7 +677,7 @@ class Runtime:
         if b.get("bias") is not None:
             shift = shift + b["bias"]
         out = self._shift(out, shift.view(-1, *([1] * (a.dim() - 2))), lam)
-        return self._acc_out(out, lam, site)
+        return self._acc_out(out, lam, site, inputs=(x,))
 
     def _decay_of(self, a) -> Optional[float]:
         if torch.is_tensor(a) and a in self.reps:
@@ -639,8 +691,6 @@ class Runtime:
             return NotImplemented
         tagged = [torch.is_tensor(a) and a in self.reps for a in args]
         decays = {self._decay_of(a) for a, t in zip(args, tagged) if t} - {None}
-        if len(decays) > 1:
-            return NotImplemented  # branches of different decays: per step (exact)
         if not all(tagged):
             c = args[tagged.index(False)]
             other = args[tagged.index(True)]
@@ -648,7 +698,8 @@ class Runtime:
                 return NotImplemented  # a constant with a time dimension: per step
         site = self.site(name, args)
         self._note(site.where, name, "on accumulations")
-        lam = decays.pop() if decays else None
+        lam = site.recv if site.recv is not None and self.step_mode == "s" else (
+            decays.pop() if decays else None)
         vals = list(args)
         for i, a in enumerate(args):
             if tagged[i]:
@@ -661,7 +712,7 @@ class Runtime:
             neg = (name == "sub" and i == 1) or (name == "rsub" and i == 0)
             if torch.is_tensor(c) or c != 0:
                 out = self._shift(out, -c if neg else c, lam)
-        return self._acc_out(out, lam, site, raw)
+        return self._acc_out(out, lam, site, raw, inputs=args)
 
     def _linear_generic(self, func, name, args, kwargs):
         """mul/div by constants, matmul with a constant, sums and means over non-time dims,
@@ -678,9 +729,11 @@ class Runtime:
             self._note(site.where, name, "on accumulations")
             vals = [self.accumulated(a, site, i)[0] for i, a in enumerate(seq)]
             out = func(vals, *args[1:], **kwargs)
-            return self._acc_out(out, decays[0], site)
+            return self._acc_out(out, decays[0], site, inputs=tuple(seq))
         if name in ("sum", "mean"):
             x = args[0]
+            if self.reps[x].kind == SPIKE:
+                return NotImplemented  # spike counts and rates: on the real spikes
             dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
             if dim is None and self.step_mode == "m":
                 return NotImplemented
@@ -705,7 +758,7 @@ class Runtime:
         vals = list(args)
         vals[i], lam = self.accumulated(args[i], site)
         out = func(*vals, **kwargs)
-        return self._acc_out(out, lam, site, self.reps[args[i]].raw)
+        return self._acc_out(out, lam, site, self.reps[args[i]].raw, inputs=(args[i],))
 
     # ----------------------------------------------------------------- neurons
 
@@ -726,6 +779,8 @@ class Runtime:
         own λ here (Y[t] = λ Y[t−1] + I[t], history detached)."""
         rep = self.reps.get(x) if torch.is_tensor(x) else None
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE):
+            for s in rep.sites:
+                s.recv = lam
             return (x if rep.kind == ACC else rep.acc), rep.decay
         v = x if rep is None else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
@@ -771,10 +826,38 @@ def _pick(func, i):
     return picked
 
 
+def _probe(rt: Runtime, args: tuple, kwargs: dict) -> None:
+    """SAF-F's first call: run a copy of the model once, so that an operation SAF-F cannot
+    take is refused before the model itself runs (and before any output)."""
+    from copy import deepcopy
+
+    rt.probed = True
+    probe = deepcopy(rt.root)
+    probe.__dict__["_saf_rt"].probed = True
+    cpu = torch.random.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        with torch.no_grad():
+            probe(*deepcopy(args), **deepcopy(kwargs))
+    except SAFIncompatibleError:
+        from .swap import revert
+
+        revert(rt.root)
+        raise
+    except Exception:  # noqa: BLE001 - anything else shows up again in the real call
+        pass
+    finally:
+        torch.random.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
 def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
     """The forward of a converted model's root: the user's forward under the engine."""
     if rt.active:
         return forward(module, *args, **kwargs)
+    if rt.mode == "F" and not rt.probed:
+        _probe(rt, args, kwargs)
     rt.active = True
     try:
         rt.begin(args)
@@ -792,7 +875,7 @@ def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: 
             "SAF cannot run this model exactly; the model was switched back to the plain "
             "model (nothing was trained)")) from None
     except BaseException:
-        rt.started = False  # an interrupted step: the next call starts a new sequence
+        rt.interrupted = rt.started  # the next call must follow a reset
         raise
     finally:
         rt.active = False

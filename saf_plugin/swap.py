@@ -105,11 +105,14 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
         module.__class__ = spec.neuron.saf_class(type(module))
         module._saf_rt, module._saf_path, module._saf_spec = rt, path, spec
         spec.neuron.attach(module)
+    inner = tuple(p + "." for p, _, _ in neurons)  # a neuron's children (surrogates) may be shared
     for path, module in net.named_modules():
+        if path.startswith(inner):
+            continue
         spec = lookup(module)
         if spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
             module.__class__ = _method_class(type(module), spec.methods)
-            module._saf_rt, module._saf_path = rt, path
+        module._saf_rt, module._saf_path = rt, path  # marks every module as part of this model
     net.__class__ = _root_class(type(net))
     net._saf_rt = rt
     net._saf_path = ""

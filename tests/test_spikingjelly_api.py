@@ -114,31 +114,31 @@ def test_input_shape_change_without_reset_is_an_error(float64):
 # ----------------------------------------------------------------------------- check / refusals
 
 
-def test_check_reports_every_module_with_path(float64):
+def test_check_reports_neurons_and_with_an_input_every_operation(float64):
     net = M.residual()
     findings = saf_plugin.check(net)
     paths = [f.path for f in findings]
-    assert "2.sn1" in paths and "2.conv2" in paths and "5" in paths
+    assert "2.sn1" in paths and "2.sn2" in paths
     assert all(f.status == "exact" for f in findings), [f.line() for f in findings]
+    ops = saf_plugin.check(net, torch.rand(2, 2, 8, 8))
+    routes = {f.module: f.reason for f in ops if ":" in f.path}
+    assert "runs once per step on accumulations" in routes["conv2d"]
+    assert all(f.status == "exact" for f in ops)
+    assert saf_plugin.saf_mode(net) is None, "check leaves the model as it was"
 
 
 def refusal_models():
-    def with_(module, at=2):
-        net = M.mlp()
-        net.insert(at, module)
-        return net
-
-    bn_train = nn.Sequential(layer.Conv2d(2, 4, 3), layer.BatchNorm2d(4), M.lif(), layer.Flatten())
     return {
-        "maxpool": (nn.Sequential(layer.Conv2d(2, 4, 3), M.lif(), layer.MaxPool2d(2), layer.Flatten()),
-                    "2", "approximate", "average pooling"),
         "hard_reset": (nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(), layer.Linear(4, 2)),
                        "1", "unsupported", "v_reset=None"),
-        "bn_train": (bn_train, "1", "approximate", "BatchNorm"),
-        "nn_dropout": (with_(nn.Dropout(0.5), 3), "3", "approximate", "layer.Dropout"),
-        "unknown_neuron": (with_(neuron.EIFNode(), 3), "3", "unsupported", "EIFNode"),
-        "relu": (with_(nn.ReLU(), 3), "3", "unsupported", "register_linear"),
+        "unknown_neuron": (_with(neuron.EIFNode(), 3), "3", "unsupported", "EIFNode"),
     }
+
+
+def _with(module, at=2):
+    net = M.mlp()
+    net.insert(at, module)
+    return net
 
 
 @pytest.mark.parametrize("case", list(refusal_models()))
@@ -154,14 +154,52 @@ def test_refusals_name_path_cause_and_fix_and_leave_the_model_untouched(float64,
     assert f"\n  {path} (" in msg and hint in msg and "nothing was changed" in msg
     assert [f.path for f in err.value.findings] == [path]
     assert_same(fingerprint(net), before)
-    if status == "approximate":
-        with pytest.warns(UserWarning, match=path):
-            saf_plugin.set_saf(net, "E", strict=False)
-        saf_plugin.set_saf(net, None)
-    else:
-        with pytest.raises(SAFIncompatibleError):
-            saf_plugin.set_saf(net, "E", strict=False)
+    with pytest.raises(SAFIncompatibleError):
+        saf_plugin.set_saf(net, "E", strict=False)
     assert_same(fingerprint(net), before)
+
+
+def per_step_models():
+    """Non-linear maps between neurons: exact under SAF-E (they run per step), refused by
+    SAF-F at the first call (its gradient is defined for linear maps only)."""
+    bn_train = nn.Sequential(layer.Conv2d(2, 4, 3), layer.BatchNorm2d(4), M.lif(), layer.Flatten(),
+                             layer.Linear(36, 3))
+    return {
+        "maxpool": (nn.Sequential(layer.Conv2d(2, 4, 3), M.lif(), layer.MaxPool2d(2),
+                                  layer.Flatten(), layer.Linear(4, 3)), (2, 2, 5, 5), "max_pool2d"),
+        "bn_train": (bn_train, (2, 2, 5, 5), "batch_norm"),
+        "nn_dropout": (_with(nn.Dropout(0.5), 3), (2, 12), "dropout"),
+        "relu": (_with(nn.ReLU(), 3), (2, 12), "relu"),
+    }
+
+
+@pytest.mark.parametrize("case", list(per_step_models()))
+def test_non_linear_maps_run_per_step_exactly_and_saf_f_refuses_them(float64, case):
+    net, shape, op = per_step_models()[case]
+    net = M.strengthen(net.train(), gain=2.5, bias=0.5)
+    x = torch.rand(5, *shape)
+    torch.manual_seed(0)
+    ref = M.run(net, x, "s")
+    assert 0 < float((ref != 0).double().mean())
+    saf_plugin.set_saf(net, "E")
+    torch.manual_seed(0)  # nn.Dropout draws the same masks, one per step, as the plain model
+    torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
+    assert any(f.module == op and "per step" in f.reason
+               for f in saf_plugin.check(_plain(net), x[0]))
+    saf_plugin.set_saf(net, None)
+    before = fingerprint(net)
+    saf_plugin.set_saf(net, "F")
+    with pytest.raises(SAFIncompatibleError, match=f"{op} at .*SAF-F") as err:
+        M.run(net, x, "s")
+    assert "switched back to the plain model" in str(err.value)
+    assert saf_plugin.saf_mode(net) is None
+    assert_same(fingerprint(net), before)
+
+
+def _plain(net):
+    probe = copy.deepcopy(net)
+    saf_plugin.set_saf(probe, None)
+    return probe
 
 
 def test_unknown_mode_is_a_value_error(float64):
@@ -177,14 +215,14 @@ def test_model_without_neurons_is_refused():
         saf_plugin.set_saf(nn.Sequential(nn.Linear(2, 2)), "E")
 
 
-def test_batchnorm_switched_to_train_after_set_saf_raises_at_run_time(float64):
-    net = M.conv()  # BatchNorm in eval: exact
+def test_batchnorm_switched_to_train_after_set_saf_stays_exact(float64):
+    net = M.strengthen(M.conv(), gain=2.0, bias=0.5)  # BatchNorm in eval: on accumulations
+    x = torch.rand(4, 2, 2, 8, 8)
     saf_plugin.set_saf(net, "E")
-    functional.reset_net(net)
-    net(torch.rand(2, 2, 8, 8))
-    net.train()
-    with pytest.raises(SAFIncompatibleError, match="1 .BatchNorm2d"):
-        net(torch.rand(2, 2, 8, 8))
+    net.train()  # now batch statistics: per step
+    out = M.run(net, x, "s")
+    saf_plugin.set_saf(net, None)
+    torch.testing.assert_close(out, M.run(net, x, "s"), rtol=0, atol=1e-12)
 
 
 def test_subclass_overriding_dynamics_is_not_silently_covered(float64):
@@ -206,12 +244,14 @@ def test_fix_repairs_maxpool_and_hard_reset(float64):
     assert net[1].v_reset is None
     assert [p for g in opt.param_groups for p in g["params"]] == list(net.parameters())
     assert all(f.status == "exact" for f in saf_plugin.check(net))
+    assert all("on accumulations" in f.reason for f in saf_plugin.check(net, torch.rand(2, 2, 4, 4))
+               if ":" in f.path), "average pooling runs on accumulations"
     saf_plugin.set_saf(net, "E")
     functional.reset_net(net)
     net(torch.rand(2, 2, 4, 4))
 
 
-def test_modules_registered_out_of_order_raise_instead_of_a_silent_wrong_answer(float64):
+def test_modules_registered_out_of_order_are_exact(float64):
     class Reordered(nn.Module):
         def __init__(self):
             super().__init__()
@@ -222,11 +262,11 @@ def test_modules_registered_out_of_order_raise_instead_of_a_silent_wrong_answer(
         def forward(self, x):
             return self.readout(self.sn(self.fc(x)))
 
-    net = Reordered()
+    net = M.strengthen(Reordered(), gain=2.5, bias=0.5)
+    x = torch.rand(5, 3, 4)
+    ref = M.run(net, x, "s")
     saf_plugin.set_saf(net, "E")
-    functional.reset_net(net)
-    with pytest.raises(saf_plugin.SAFStateError, match="ran before the model's entry module readout"):
-        net(torch.rand(2, 4))
+    torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
 
 
 class MixedSkip(nn.Module):
@@ -246,14 +286,14 @@ class MixedSkip(nn.Module):
         return self.sn3(self.fc3(self.sn2(self.fc2(a)) + a))
 
 
-def test_skip_connection_across_different_decays_is_flagged(float64):
-    findings = {f.path: f for f in saf_plugin.check(MixedSkip(4.0))}
-    assert findings["sn3"].status == "approximate" and "sn1, sn2" in findings["sn3"].reason
-    with pytest.raises(SAFIncompatibleError, match="sn3"):
-        saf_plugin.set_saf(MixedSkip(4.0), "E")
-    # the same topology with one τ is exact, and so are chains of different τ
-    assert all(f.status == "exact" for f in saf_plugin.check(MixedSkip(2.0)))
-    assert all(f.status == "exact" for f in saf_plugin.check(M.mlp(taus=(2.0, 4.0))))
+@pytest.mark.parametrize("tau2", [2.0, 4.0])
+def test_skip_connection_across_different_decays_is_exact(float64, tau2):
+    torch.manual_seed(3)
+    net = M.strengthen(MixedSkip(tau2), gain=2.5, bias=0.8)
+    x = torch.rand(8, 6, 4)
+    ref = M.run(net, x, "s")
+    saf_plugin.set_saf(net, "E")
+    torch.testing.assert_close(M.run(net, x, "s"), ref, rtol=0, atol=1e-12)
 
 
 def test_skip_connection_with_one_decay_is_exact(float64):

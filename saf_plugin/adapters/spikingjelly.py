@@ -165,10 +165,9 @@ for _cls in _layers("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
                     "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Flatten", "Dropout", "Dropout2d"):
     register_linear(_cls)
 for _cls in _layers("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
-    register(_cls, Spec("linear", judge=torch_nn.judge_batchnorm, shift=torch_nn.batchnorm_shift,
-                        runtime=True))
+    register(_cls, Spec("linear", shift=torch_nn.batchnorm_shift))
 for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
-    register(_cls, Spec("nonlinear", judge=torch_nn.judge_maxpool, repair=repair_maxpool))
+    register(_cls, Spec("nonlinear", repair=repair_maxpool))
 for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
                     "OTTTSequential"):
     register(_cls, Spec("container"))

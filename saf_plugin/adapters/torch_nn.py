@@ -80,11 +80,10 @@ for _cls in (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d):
 for _cls in (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
              nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Unflatten, nn.Identity):
     register_linear(_cls)
-register(nn.modules.batchnorm._BatchNorm,
-         Spec("linear", judge=judge_batchnorm, shift=batchnorm_shift, runtime=True))
+register(nn.modules.batchnorm._BatchNorm, Spec("linear", shift=batchnorm_shift))
 for _cls in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d):
-    register(_cls, Spec("linear", judge=judge_dropout, runtime=True))
-for _cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):
-    register(_cls, Spec("nonlinear", judge=judge_maxpool, repair=repair_maxpool))
+    register(_cls, Spec("linear"))
+for _cls in (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d):  # exact per step; fix() offers AvgPool
+    register(_cls, Spec("nonlinear", repair=repair_maxpool))
 for _cls in (nn.Sequential, nn.ModuleList, nn.ModuleDict):
     register(_cls, Spec("container"))
