@@ -73,6 +73,8 @@ class Rep:
     site: Any = None
     raw: bool = False  # derived from the network input through no neuron (a time loop's input)
     sites: tuple = ()  # the linear sites an ACC went through since its last neuron
+    fout: bool = False  # SAF-F outputs collected over steps: only the model's output
+    fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
 
 
 class Site:
@@ -424,7 +426,9 @@ class Runtime:
         self.op += 1
         if k < len(self.sites):
             s = self.sites[k]
-            if s.key[0] != name:
+            if s.key[0] != name and self.t == 0:  # another structure (e.g. eval mode): relearn
+                del self.sites[k:]
+            elif s.key[0] != name:
                 raise SAFStateError(
                     f"linear map {k} of this step is {name} at {user_frame()}, but it was "
                     f"{s.key[0]} at {s.where} in an earlier step: the forward runs other "
@@ -432,6 +436,7 @@ class Runtime:
                     "per-operation state would be mixed up; saf-plugin cannot run this exactly")
             return s
         s = Site(key, user_frame())
+        s.needs_prev = not self.learning  # learnt in the first call; later sites keep prev
         self.sites.append(s)
         return s
 
@@ -442,6 +447,15 @@ class Runtime:
         flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
         if not any(a in self.reps for a in flat) or name in _CREATE:
             return func(*args, **kwargs)
+        bad = next((r.fbad for r in map(self.reps.get, flat) if r is not None and r.fbad), None)
+        if bad is not None:
+            raise self._f_refusal(bad)
+        if any(r is not None and r.fout for r in map(self.reps.get, flat)):
+            raise Refusal(Finding(
+                "", name, "unsupported",
+                f"{name} at {user_frame()} computes with SAF-F outputs collected over time steps "
+                "(spike representations, not spikes); under SAF-F they can only be returned",
+                "return the collected outputs from forward, or train with SAF-E"))
         if name == "escape":
             return self._per_step(func, name, args, kwargs, note=False)
         if name.endswith("_") and name not in ("requires_grad_",):
@@ -540,14 +554,16 @@ class Runtime:
         self.reps[o] = new
         return o
 
+    def _f_refusal(self, op: str) -> Refusal:
+        name, _, where = op.partition(" at ")
+        return Refusal(Finding(
+            "", name, "unsupported",
+            f"{op} is not linear in the accumulations, so it runs per step; SAF-F's gradient "
+            "(the Spike Representation's) is defined for linear maps between neurons only",
+            "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
+
     def _per_step(self, func, name, args, kwargs, note: bool = True):
-        if self.mode == "F" and note:
-            raise Refusal(Finding(
-                "", name, "unsupported",
-                f"{name} at {user_frame()} is not linear in the accumulations, so it runs per step; "
-                "SAF-F's gradient (the Spike Representation's) is defined for linear maps "
-                "between neurons only",
-                "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
+        fbad = f"{name} at {user_frame()}" if self.mode == "F" and note else None
         if self.record is not None and note:
             self._note(user_frame(), name, "per step")
         tagged = [a for a in tree_flatten((args, kwargs))[0]
@@ -567,7 +583,7 @@ class Runtime:
         out = func(*tree_map(value, args), **tree_map(value, kwargs))
         for o in tree_flatten(out)[0]:
             if torch.is_tensor(o):
-                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, tm=tm and (
+                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, tm=tm and (
                     self.step_mode == "s" or (o.dim() > 0 and o.shape[0] in dims0)))
         return out
 
@@ -720,6 +736,10 @@ class Runtime:
         if name in ("cat", "concat", "concatenate", "stack"):
             seq = args[0]
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if self.mode == "F" and self.step_mode == "s" and all(
+                    torch.is_tensor(a) and a in self.reps for a in seq) and any(
+                    self.reps[a].call != self.call for a in seq):
+                return self._collect(func, seq, args[1:], kwargs)
             if self.step_mode == "m" and int(dim) % (seq[0].dim() + (name == "stack")) == 0:
                 return NotImplemented
             decays = [self._decay_of(a) for a in seq]
@@ -760,6 +780,14 @@ class Runtime:
         out = func(*vals, **kwargs)
         return self._acc_out(out, lam, site, self.reps[args[i]].raw, inputs=(args[i],))
 
+    def _collect(self, func, seq, rest, kwargs):
+        """SAF-F, a forward that loops over time and stacks its per-step outputs (snnTorch
+        tutorial 5): each is turned into its output form (the spike representation A[t]/c[t]),
+        and the result may only leave the model."""
+        out = func([self._output_one(a) for a in seq], *rest, **kwargs)
+        self.reps[out] = Rep(STEP, self.call, self.t, tm=False, fout=True)
+        return out
+
     # ----------------------------------------------------------------- neurons
 
     def slot(self, module: nn.Module, make: Callable[[], Any]) -> Any:
@@ -778,6 +806,8 @@ class Runtime:
         A per-step current (or a tensor of an earlier step) is accumulated with the neuron's
         own λ here (Y[t] = λ Y[t−1] + I[t], history detached)."""
         rep = self.reps.get(x) if torch.is_tensor(x) else None
+        if rep is not None and rep.fbad:
+            raise self._f_refusal(rep.fbad)
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE):
             for s in rep.sites:
                 s.recv = lam
@@ -805,19 +835,24 @@ class Runtime:
     def output(self, out):
         """SAF-E: per-step values (spikes, de-accumulated readouts); SAF-F: the spike
         representation A[t]/c[t]."""
-        def one(x):
-            if not torch.is_tensor(x):
-                return x
-            rep = self.reps.get(x)
-            if rep is None:
-                return x
-            if self.mode == "E" or rep.kind == STEP:
-                return self.step_value(x, rep)
-            a = x if rep.kind == ACC else rep.acc
-            if self.step_mode == "m" and not rep.tm:
-                self._need_tm(False, "the model output")
-            return self._rows(a, rep.decay, lambda v, c: v / c)
-        return tree_map(one, out)
+        return tree_map(self._output_one, out)
+
+    def _output_one(self, x):
+        if not torch.is_tensor(x):
+            return x
+        rep = self.reps.get(x)
+        if rep is None:
+            return x
+        if rep.fbad:
+            raise self._f_refusal(rep.fbad)
+        if self.mode == "E" or rep.kind == STEP:
+            return self.step_value(x, rep)
+        a = x if rep.kind == ACC else rep.acc
+        if self.step_mode == "m" and not rep.tm:
+            self._need_tm(False, "the model output")
+        if self.step_mode == "s":
+            return a / core.bias_series(rep.seq, 1, rep.decay, like=a)[0]
+        return self._rows(a, rep.decay, lambda v, c: v / c)
 
 
 def _pick(func, i):
