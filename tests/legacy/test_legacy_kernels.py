@@ -1,7 +1,8 @@
 """The SAF kernels generated through SpikingJelly 0.0.0.0.14's auto_cuda (saf_plugin.kernels.cupy014).
 
 CPU: the CUDA sources compiled for sm_90 with NVRTC (from PyTorch's CUDA wheels; nvcc if
-absent) and their PTX read: no fused multiply-add in the forward. GPU (marked ``gpu``): the compiled kernels
+absent) and their PTX read: no fused multiply-add in the forward; the same sources run on CPU
+(g++, no FP contraction) against the torch scan. GPU (marked ``gpu``): the compiled kernels
 against the "torch" backend, which tests/test_kernels.py proves bit-identical to the oracle.
 """
 
@@ -87,6 +88,75 @@ def test_backward_source_compiles_for_sm90(sur, decay_input):
     src, name = cupy014.backward_source(sur, decay_input)
     assert "const float sg" in src and ("sg), scale)" in src) == decay_input
     assert f".entry {name}(" in compile_ptx(src, name, cupy014.OPTIONS)
+
+
+_SHIM = r"""
+#include <cmath>
+#define __global__
+struct Idx { long long x; };
+static Idx blockIdx, blockDim = {1}, threadIdx = {0};
+static inline float __fmul_rn(float a, float b) { return a * b; }
+static inline float __fadd_rn(float a, float b) { return a + b; }
+static inline float __fsub_rn(float a, float b) { return a - b; }
+"""
+
+
+def emulate(source, params: str, tmp_path):
+    """The CUDA kernel ``source`` as a CPU function: one "block" of one thread per index,
+    compiled by g++ without FP contraction (what the __f*_rn intrinsics guarantee on a GPU)."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    src, name = source
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    names = ", ".join(p.split()[-1] for p in params.split(","))
+    code = (_SHIM + src + f'\nextern "C" void run({params}, long long blocks) {{\n'
+            f"  for (long long b = 0; b < blocks; ++b) {{ blockIdx.x = b; {name}({names}); }}\n}}\n")
+    (tmp_path / f"{name}.cpp").write_text(code)
+    lib = tmp_path / f"{name}.so"
+    subprocess.run(["g++", "-O2", "-ffp-contract=off", "-shared", "-fPIC",
+                    str(tmp_path / f"{name}.cpp"), "-o", str(lib)], check=True)
+    run = ctypes.CDLL(str(lib)).run
+    kinds = {"float*": ctypes.c_void_p, "long": ctypes.c_longlong, "float": ctypes.c_float}
+    run.argtypes = [kinds["float*" if "*" in p else p.split()[-2]] for p in params.split(",")
+                    ] + [ctypes.c_longlong]  # set at once: ctypes reads the list on assignment
+    return run
+
+
+@pytest.mark.parametrize("decay_input", [False, True])
+@pytest.mark.parametrize("carried", [False, True])
+@pytest.mark.parametrize("sur", [surrogate.Sigmoid(alpha=4.0), surrogate.ATan(alpha=2.0)])
+def test_sources_emulated_on_cpu_equal_the_torch_scan(decay_input, carried, sur, tmp_path):
+    """The CUDA C sources run on CPU (g++): â bit-identical to backend="torch", thresholds hit
+    exactly, carried state; dL/dY within 1e-5 relative (the surrogate's CUDA code)."""
+    T, N, lam, theta = 7, 301, 0.5, 1.0
+    scale = 1.0 - lam if decay_input else None
+    g = torch.Generator().manual_seed(int(decay_input) + 2 * int(carried))
+    y = (torch.randn(T, N, generator=g) + 0.8).cumsum(0) / 2
+    y[0, :2] = torch.tensor([theta / (scale or 1.0), 0.0])  # u[0] = θ exactly (no state)
+    acc0 = (torch.rand(N, generator=g) * 2).round() if carried else None
+    fwd = emulate(cupy014.forward_source(decay_input, carried, True),
+                  "const float* y, const float* acc0, float* acc, float* z, long long T, "
+                  "long long N, float lam, float theta_lam, float theta, float scale", tmp_path)
+    acc, z = torch.empty(T, N), torch.empty(T, N)
+    fwd(y.data_ptr(), 0 if acc0 is None else acc0.data_ptr(), acc.data_ptr(), z.data_ptr(), T, N,
+        lam, theta * lam, theta, scale or 1.0, N)
+    w = torch.linspace(-1, 2, T * N).view(T, N)
+    bwd = emulate(cupy014.backward_source(sur, decay_input),
+                  "const float* g, const float* z, float* dy, long long numel, float scale",
+                  tmp_path)
+    dy = torch.empty(T, N)
+    bwd(w.data_ptr(), z.data_ptr(), dy.data_ptr(), T * N, scale or 1.0, T * N)
+    yy = y.clone().requires_grad_(True)
+    ref, _ = kernels.scan(yy, acc0, lam=lam, theta=theta, input_scale=scale, surrogate=sur,
+                          backend="torch")
+    (ref * w).sum().backward()
+    assert torch.equal(acc, ref.detach())
+    if not carried:
+        assert acc[0, 0] == 1 and acc[0, 1] == 0  # H(0) = 1
+    torch.testing.assert_close(dy, yy.grad, rtol=1e-5, atol=1e-5 * yy.grad.abs().max().item())
 
 
 def test_kernel_names_are_stable_across_processes():
