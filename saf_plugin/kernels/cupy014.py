@@ -2,7 +2,7 @@
 0.0.0.0.14, whose surrogates carry their derivative as CUDA code (``cuda_codes``).
 
 Tensors are viewed as [T, N]; one thread owns one neuron n and loops over t (64-bit indices),
-with the state â in a register (docs/theory.md, "The SAF neuron"):
+with the state â in a register (docs/theory.md, "Spike accumulation and the SAF forward"):
 
     u = κ Y[t] − (θλ) â,   z[t] = u − θ,   â ← λ â + H(z[t]),   â[t] = â
 

@@ -1,7 +1,7 @@
 """The SAF multi-step scan as Triton kernels (``backend="triton"``), registered with torch.library.
 
 Tensors are viewed as [T, N] (N = B·…); one program owns BLOCK neurons and loops over t with
-the state â in fp32 registers (docs/theory.md, "The SAF neuron"):
+the state â in fp32 registers (docs/theory.md, "Spike accumulation and the SAF forward"):
 
     u[t] = κ Y[t] − (θλ) â[t−1],   z[t] = u[t] − θ,   s[t] = H(z[t]),   â[t] = λ â[t−1] + s[t]
 
@@ -54,7 +54,7 @@ def surrogate_spec(surrogate) -> Optional[tuple[int, float]]:
         from spikingjelly._ops.surrogate import _surrogate_spec
     except ImportError:
         return None
-    if surrogate is None:
+    if surrogate is None or _sg is None:
         return None
     return _surrogate_spec(surrogate)
 
