@@ -37,8 +37,9 @@ import saf_plugin
 
 
 def base_parser(description: str, *, data: tuple[str, ...], T: int, batch_size: int,
-                epochs: int, lr: float) -> argparse.ArgumentParser:
-    """The options every example shares."""
+                epochs: int, lr: float, tensorboard: bool = False) -> argparse.ArgumentParser:
+    """The options every example shares; ``tensorboard``: the example also writes TensorBoard
+    scalars into ``--out-dir`` (as the original it ports does)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--saf", choices=("off", "E", "F"), default="E",
@@ -53,7 +54,9 @@ def base_parser(description: str, *, data: tuple[str, ...], T: int, batch_size: 
     p.add_argument("--batch-size", type=int, default=batch_size)
     p.add_argument("--lr", type=float, default=lr)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out-dir", default="./runs", help="CSV log, TensorBoard, checkpoint")
+    p.add_argument("--out-dir", default="./runs",
+                   help="where the run writes its CSV log" + (", TensorBoard scalars" if tensorboard
+                                                             else "") + " and checkpoint")
     p.add_argument("--max-batches", type=int, default=0,
                    help="stop each epoch after this many batches (0: whole epoch)")
     p.add_argument("--seed", type=int, default=0)

@@ -35,7 +35,7 @@ import saf_plugin
 
 def main(argv=None) -> str:
     p = C.base_parser(__doc__.splitlines()[0], data=("dvs128",), T=16, batch_size=16,
-                      epochs=64, lr=0.1)
+                      epochs=64, lr=0.1, tensorboard=True)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--momentum", type=float, default=0.9)

@@ -56,7 +56,7 @@ except ImportError:  # pragma: no cover - the example imports tensorboard
 
 def main(argv=None) -> str:
     p = C.base_parser(__doc__.splitlines()[0], data=("fashion-mnist", "mnist"), T=4,
-                      batch_size=128, epochs=64, lr=0.1)
+                      batch_size=128, epochs=64, lr=0.1, tensorboard=True)
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
     p.add_argument("--momentum", type=float, default=0.9)

@@ -84,7 +84,7 @@ class ShardedBatches(torch.utils.data.Sampler):
 
 def main(argv=None) -> str:
     p = C.base_parser(__doc__.splitlines()[0], data=("cifar10",), T=6, batch_size=128,
-                      epochs=300, lr=0.1)
+                      epochs=300, lr=0.1, tensorboard=True)
     p.add_argument("--ottt", action="store_true", help="train with SpikingJelly's OTTT instead")
     p.add_argument("--online", action="store_true",
                    help="update the weights at every step (OTTT_O); default: once per batch")

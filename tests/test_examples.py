@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -49,6 +50,13 @@ def test_example_runs_offline(name, extra, lib, saf, tmp_path, capsys):
     if saf != "off":
         out = capsys.readouterr().out
         assert "saf_plugin.check" in out
+    elif importlib.util.find_spec("tensorboard") is not None:
+        # --out-dir's help promises TensorBoard exactly when the example writes it
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            mod.main(["--help"])
+        promised = "TensorBoard" in " ".join(capsys.readouterr().out.split())
+        assert promised == any(run_dir.glob("events.out.tfevents*")), name
 
 
 def test_ottt_baseline_and_checkpoint_loads_into_plain_model(tmp_path):
