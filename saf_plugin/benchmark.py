@@ -324,11 +324,13 @@ def num_classes(base: nn.Module, shape) -> int:
 
 
 def _inputs(shape, batch, T, device, dtype=torch.float32, seed=0, classes=10):
+    """Direct encoding: one random image per sample, shown at every step. ``x_seq`` is a
+    [T, B, ...] view of one [B, ...] tensor, so the input's memory does not grow with T (a
+    materialised copy would add B·C·H·W·4 bytes per step to every method's peak RSS)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(batch, *shape, generator=g)
+    x = torch.rand(batch, *shape, generator=g).to(device, dtype)
     y = torch.randint(0, classes, (batch,), generator=g)
-    x_seq = x.unsqueeze(0).repeat(T, *([1] * (x.dim()))).to(device, dtype)
-    return x_seq, y.to(device)
+    return x.unsqueeze(0).expand(T, *x.shape), y.to(device)
 
 
 def _base(args, say: Callable = lambda msg: None) -> nn.Module:
@@ -476,7 +478,8 @@ def benchmark(args) -> dict:
         "input_shape": args.input_shape, "T": args.T, "repeats": args.repeats,
         "warmup": args.warmup, "device": args.device, "methods": args.methods,
         "memory_T": args.memory_T or ([] if args.no_memory else args.T),
-        "max_seconds": args.max_seconds, "fix": args.fix, "library": library(base)},
+        "max_seconds": args.max_seconds, "fix": args.fix, "library": library(base),
+        "note": args.note},
         "rows": rows, "errors": errors, "stopped": stopped}
 
 
@@ -671,6 +674,7 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", type=Path, default=Path("docs") / "benchmarks")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--note", default="", help="free text stored with the results")
     p.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # progress is default
     p.add_argument("--worker-method", help=argparse.SUPPRESS)
     p.add_argument("--worker-T", type=int, help=argparse.SUPPRESS)
