@@ -6,6 +6,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 
 warnings.filterwarnings("ignore", message="Triton not available")
 pytest.importorskip("spikingjelly.activation_based")
@@ -78,3 +79,11 @@ def test_max_seconds_stops_a_method_at_larger_T(tmp_path):
         "--methods", "bptt", "--repeats", "1", "--warmup", "0", "--no-memory", "--quiet",
         "--max-seconds", "1e-9", "--results-dir", str(tmp_path), "--no-plot"])
     assert [r["T"] for r in result["rows"]] == [2] and result["stopped"] == {"bptt": 2}
+
+
+def test_input_memory_does_not_grow_with_T():
+    """The input sequence is a view of one image batch: its bytes do not count T times."""
+    x4, _ = benchmark._inputs([3, 8, 8], 2, 4, "cpu")
+    x256, _ = benchmark._inputs([3, 8, 8], 2, 256, "cpu")
+    assert x256.shape[0] == 256 and torch.equal(x256[0], x256[-1])
+    assert x4.untyped_storage().nbytes() == x256.untyped_storage().nbytes() == 2 * 3 * 8 * 8 * 4
