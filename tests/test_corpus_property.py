@@ -14,7 +14,7 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, Phase, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, event, given, settings
 from hypothesis import strategies as st
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
@@ -129,4 +129,5 @@ def test_random_architectures_are_exact_or_refused(blocks, step_mode, seed):
     assume(all(0.0 < r < 1.0 for r in rates.values()))
     assert_fires(rates, str(blocks))
     outcome = judge(case, "E", step_mode)
+    event(outcome.kind)  # pytest --hypothesis-show-statistics: how many were exact / refused
     assert outcome.kind in ("exact", "refused"), f"{blocks} ({step_mode}): {outcome}"
