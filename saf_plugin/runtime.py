@@ -794,6 +794,13 @@ class Runtime:
         """The state of this call of ``module`` in the step (one per call: a module object
         used for two layers keeps two states)."""
         k = self.slots.get(id(module), 0)
+        if k:
+            raise Refusal(Finding(
+                getattr(module, "_saf_path", ""), type(module).__name__, "unsupported",
+                f"this neuron object ran twice in one time step (at {user_frame()}): its two "
+                "calls share one membrane, so each call starts from the state the other left, "
+                "which has no closed form in accumulations",
+                "give every layer its own neuron object"))
         self.slots[id(module)] = k + 1
         key = (id(module), k)
         if key not in self.states:

@@ -135,11 +135,6 @@ def _forward(self, input_, mem=None):
         raise SAFStateError(
             f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
             "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
-    if rt.slots.get(id(self), 0):
-        raise SAFStateError(
-            f"{self._saf_path}: this snn.Leaky object ran twice in one time step; snnTorch keeps "
-            "one membrane per object, so two layers sharing it share their state: use one "
-            "snn.Leaky object per layer")
     fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
     if not self.mem.shape == input_.shape:
         fresh = True
