@@ -20,7 +20,7 @@ PANELS = [("time_median_s", "time per iteration [s]", 1.0),
           ("saved_peak_bytes", "saved for backward, peak [MiB]", 2**20),
           ("rss_increase_bytes", "peak RSS increase in the iteration [MiB]", 2**20)]
 TITLES = {"vgg": "SpikingJelly: OTTT's CIFAR VGG (full width)",
-          "snntorch6": "snnTorch: tutorial 6's CSNN (AvgPool)"}
+          "snntorch6": "snnTorch: tutorial 6's CSNN (AvgPool; snnTorch has no OTTT)"}
 
 
 def main(argv=None) -> Path:
