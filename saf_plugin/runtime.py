@@ -202,6 +202,7 @@ class Runtime:
         self.in_shape = None
         self.interrupted = False
         self.probed = False
+        self.own_time = False  # step mode 'm': the model makes its time axis from a static input
 
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
@@ -236,7 +237,7 @@ class Runtime:
         if self.step_mode == "m":
             if not tensors or tensors[0].dim() == 0:
                 raise ValueError("in step mode 'm' the model's input must be [T, B, ...]")
-            steps = tensors[0].shape[0]
+            steps = self.steps if self.own_time else tensors[0].shape[0]
         else:
             steps = 1
         if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
@@ -397,7 +398,7 @@ class Runtime:
             site.in_acc[slot] = acc.detach()
         else:
             self._need_tm(rep is None or rep.tm, "a linear map")
-            seq = core.accumulate(v.unflatten(0, (self.steps, -1)), lam, prev)
+            seq = _accumulate_detached(v.unflatten(0, (self.steps, -1)), lam, prev)
             site.in_acc[slot] = seq[-1].detach()
             acc = seq.flatten(0, 1).view_as(v)
         return acc, lam
@@ -480,6 +481,8 @@ class Runtime:
             x = args[0] if args else None
             if not (torch.is_tensor(x) and x in self.reps):
                 return None
+            if self._makes_time(name, args, kwargs):
+                return self._new_time
             if self.step_mode == "m" and name in _TIME_TOUCH and self._touches_time(
                     name, args, kwargs):
                 return None
@@ -503,6 +506,18 @@ class Runtime:
             return self._linear_generic
         return None
 
+    def _makes_time(self, name, args, kwargs) -> bool:
+        """Step mode 'm', a model that makes its own time axis from a static input
+        (``x.unsqueeze(0).expand(T, ...)`` / ``.repeat(T, ...)``): T is the new axis."""
+        x = args[0]
+        rep = self.reps.get(x)
+        if not (self.step_mode == "m" and name in ("expand", "repeat") and rep is not None
+                and rep.raw and rep.kind == STEP and self.op == 0 and x.dim() > 1
+                and x.shape[0] == 1):
+            return False
+        sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        return bool(sizes) and int(sizes[0]) > 0
+
     def _touches_time(self, name, args, kwargs) -> bool:
         x = args[0]
         if name in ("expand", "expand_as", "repeat", "tile", "repeat_interleave", "chunk",
@@ -524,6 +539,14 @@ class Runtime:
             dim = args[1] if len(args) > 1 else kwargs.get("dim")
             return int(dim) % x.dim() == 0
         return False
+
+    def _new_time(self, func, name, args, kwargs):
+        out = func(*args, **kwargs)
+        if not self.own_time or self.steps != out.shape[0]:
+            self.own_time, self.steps = True, out.shape[0]
+            self.new_sequence()
+        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, tm=True)
+        return out
 
     def _shape(self, func, name, args, kwargs):
         x = args[0]
@@ -827,7 +850,7 @@ class Runtime:
             st.cur_acc = y.detach()
         else:
             self._need_tm(rep is None or rep.tm, "a neuron")
-            y = core.accumulate(v, lam, st.cur_acc)
+            y = _accumulate_detached(v, lam, st.cur_acc)
             st.cur_acc = y[-1].detach()
         return y, lam
 
@@ -860,6 +883,12 @@ class Runtime:
         if self.step_mode == "s":
             return a / core.bias_series(rep.seq, 1, rep.decay, like=a)[0]
         return self._rows(a, rep.decay, lambda v, c: v / c)
+
+
+def _accumulate_detached(v: Tensor, lam: float, prev: Optional[Tensor]) -> Tensor:
+    """A[t] = λ A[t−1] + v[t] over [T, ...], with A[t−1] a constant (as step mode 's' has it):
+    the value of the accumulation, the gradient of v[t] alone."""
+    return core.accumulate(v.detach(), lam, prev) + (v - v.detach())
 
 
 def _pick(func, i):

@@ -4,10 +4,6 @@ has them; the outcome must be exact (float64 within 1e-9; snnTorch float32: spik
 outputs within 1e-5) and revert bit for bit, or -- where the issue allows it -- a refusal by
 set_saf that names the operation. See tests/corpus_harness.py for the rule, and
 tests/corpus_models.py for the models and how their thresholds are set so every layer fires.
-
-``TODAY`` lists the (case, mode, step mode) that fail on the engine as committed before the
-data-flow rewrite (93a18a7): they are strict xfails, so they turn into failures (XPASS) the
-moment the engine gets them right; delete their line then.
 """
 
 from __future__ import annotations
@@ -24,82 +20,6 @@ import saf_plugin
 CASES = {c.name: c for c in CM.ZOO + CM.WHY}
 
 # Outcomes on the engine before the rewrite (saf_plugin at 93a18a7), measured with this harness.
-TODAY: dict[tuple[str, str, str], str] = {
-    ("sj_spiking_resnet18", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_spiking_resnet18", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_ADD", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_ADD", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_AND", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_AND", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_IAND", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_sew_resnet18_IAND", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_ms_resnet18", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_spiking_vgg11_bn", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_spiking_vgg11_bn", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_spikformer", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_MNISTNet", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_MNISTNet", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_NMNISTNet", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_NMNISTNet", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_CIFAR10Net", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_CIFAR10Net", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_CIFAR10DVSNet", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_plif_CIFAR10DVSNet", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_example_dvsgesture", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_example_dvsgesture", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("sj_example_csnn_soft_reset", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("snn_tutorial6_sequential", "E", "s"): "refused: MaxPool2d",
-    ("snn_tutorial7_class", "E", "s"): "wrong max |diff| 1, 9 spike outputs differ",
-    ("snn_tutorial7_sequential", "E", "s"): "refused: MaxPool2d",
-    ("why_sew_AND", "E", "s"): "wrong max |diff| 0.263",
-    ("why_sew_AND", "F", "s"): "wrong max |diff| 0.208",
-    ("why_sew_AND", "E", "m"): "wrong max |diff| 0.252",
-    ("why_sew_AND", "F", "m"): "wrong max |diff| 0.195",
-    ("why_sew_IAND", "E", "s"): "wrong max |diff| 0.263",
-    ("why_sew_IAND", "F", "s"): "wrong max |diff| 0.208",
-    ("why_sew_IAND", "E", "m"): "wrong max |diff| 0.252",
-    ("why_sew_IAND", "F", "m"): "wrong max |diff| 0.195",
-    ("why_spike_attention", "E", "s"): "crash: RuntimeError: The size of tensor a (4) must match the size of tensor b",
-    ("why_spike_attention", "F", "s"): "crash: RuntimeError: The size of tensor a (4) must match the size of tensor b",
-    ("why_spike_attention", "E", "m"): "crash: RuntimeError: The size of tensor a (4) must match the size of tensor b",
-    ("why_spike_attention", "F", "m"): "crash: RuntimeError: The size of tensor a (4) must match the size of tensor b",
-    ("why_f_max_pool2d_class", "E", "s"): "wrong max |diff| 0.435",
-    ("why_f_max_pool2d_class", "F", "s"): "wrong max |diff| 0.29",
-    ("why_raw_input_skip", "E", "s"): "wrong max |diff| 1, 4 spike outputs differ",
-    ("why_raw_input_skip", "F", "s"): "wrong max |diff| 0.857",
-    ("why_raw_input_skip", "E", "m"): "wrong max |diff| 1, 4 spike outputs differ",
-    ("why_raw_input_skip", "F", "m"): "wrong max |diff| 0.857",
-    ("why_shared_neuron", "E", "s"): "wrong max |diff| 0.724",
-    ("why_shared_neuron", "F", "s"): "wrong max |diff| 0.633",
-    ("why_shared_neuron", "E", "m"): "wrong max |diff| 0.438",
-    ("why_shared_neuron", "F", "m"): "wrong max |diff| 0.427",
-    ("why_token_linear", "E", "s"): "wrong max |diff| 0.641",
-    ("why_token_linear", "F", "s"): "wrong max |diff| 0.27",
-    ("why_token_linear", "E", "m"): "wrong max |diff| 0.56",
-    ("why_token_linear", "F", "m"): "wrong max |diff| 0.287",
-    ("why_untraceable_mixed_tau", "E", "s"): "wrong max |diff| 0.244",
-    ("why_untraceable_mixed_tau", "F", "s"): "wrong max |diff| 0.163",
-    ("why_untraceable_mixed_tau", "E", "m"): "wrong max |diff| 0.269",
-    ("why_untraceable_mixed_tau", "F", "m"): "wrong max |diff| 0.154",
-    ("why_ends_in_neuron_float32", "E", "s"): "wrong max |diff| 1.19e-07, 40 spike outputs differ",
-    ("why_ends_in_neuron_float32", "E", "m"): "wrong max |diff| 1.19e-07, 33 spike outputs differ",
-    ("why_module_dict", "E", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_dict", "F", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_dict", "E", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_dict", "F", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_list", "E", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_list", "F", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_list", "E", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_module_list", "F", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_head_registered_first", "E", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_head_registered_first", "F", "s"): "SAFStateError while running: entry taken from registration order",
-    ("why_head_registered_first", "E", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_head_registered_first", "F", "m"): "SAFStateError while running: entry taken from registration order",
-    ("why_train_bn_maxpool", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("why_train_bn_maxpool", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("why_torch_dropout_per_step", "E", "s"): "refused: torch.nn.Dropout (per step)",
-    ("why_torch_dropout_per_step", "E", "m"): "refused: torch.nn.Dropout (per step)",
-}
 
 
 def _params():
@@ -110,9 +30,7 @@ def _params():
         for sm in case.step_modes:
             out.append(pytest.param(case.name, "fires", sm, id=f"{case.name}-{sm}-fires"))
             for mode in ("E", "F") if case.f_decay is not None else ("E",):
-                reason = TODAY.get((case.name, mode, sm))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                out.append(pytest.param(case.name, mode, sm, marks=marks,
+                out.append(pytest.param(case.name, mode, sm,
                                         id=f"{case.name}-{sm}-SAF{mode}"))
     return out
 
@@ -134,8 +52,6 @@ def test_corpus(name, check, step_mode):
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])
-@pytest.mark.xfail(strict=True, reason="today hidden neurons emit accumulations under SAF: "
-                   "hooks and OutputMonitor record them (firing rate 0.377 instead of 0.228)")
 def test_hooks_and_output_monitor_record_real_spikes(step_mode):
     """Forward hooks and SpikingJelly's monitor.OutputMonitor on hidden neurons record the same
     spikes (hence the same firing rate) under SAF-E as in the plain model."""
@@ -168,8 +84,6 @@ def test_hooks_and_output_monitor_record_real_spikes(step_mode):
 
 
 @pytest.mark.parametrize("step_mode", ["s", "m"])
-@pytest.mark.xfail(strict=True, reason="today an exit neuron de-accumulates in float32: "
-                   "0.99999994 instead of 1")
 def test_output_neuron_emits_exact_spikes_in_float32(step_mode):
     """A model that ends in a neuron returns 0/1 exactly (so `== 1` and `.long()` counts hold)."""
     case = CASES["why_ends_in_neuron_float32"]

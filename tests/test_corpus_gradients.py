@@ -37,13 +37,11 @@ import saf_plugin
 LAM = 0.5  # every neuron here is LIF τ 2
 T, B = 4, 4
 
-XFAIL = pytest.mark.xfail(strict=True, reason="today set_saf refuses BatchNorm in training mode "
-                          "and MaxPool (approximate under strict=True)")
 
 
 def _linear_only():
     """The same layout with only linear maps between neurons (no BatchNorm, AvgPool for
-    MaxPool): there SAF-E's gradients are OTTT's today already, which checks the reference."""
+    MaxPool): there SAF-E's gradients are OTTT's with the engine before per-step operations existed, which checks the reference."""
     return nn.Sequential(
         layer.Conv2d(2, 6, 3, padding=1), CM.lif(), layer.AvgPool2d(2),
         layer.Conv2d(6, 6, 3, padding=1), CM.lif(), layer.AvgPool2d(2),
@@ -137,7 +135,7 @@ def test_reference_is_not_bptt_and_every_layer_fires():
 
 @pytest.mark.parametrize("build", [
     pytest.param(_linear_only, id="linear-only"),
-    pytest.param(CM.train_bn_maxpool, id="train-batchnorm-maxpool", marks=XFAIL)])
+    pytest.param(CM.train_bn_maxpool, id="train-batchnorm-maxpool")])
 def test_saf_e_per_step_gradients_equal_ottt_reference(build):
     net, x = _model("s", build)
     target = _target()
@@ -179,7 +177,7 @@ def ottt_reference_multistep(net: nn.Sequential, x_seq: torch.Tensor, target: to
 
 @pytest.mark.parametrize("build", [
     pytest.param(_linear_only, id="linear-only"),
-    pytest.param(CM.train_bn_maxpool, id="train-batchnorm-maxpool", marks=XFAIL)])
+    pytest.param(CM.train_bn_maxpool, id="train-batchnorm-maxpool")])
 def test_saf_e_multistep_gradient_equals_ottt_reference(build):
     net, x = _model("m", build)
     target = _target()

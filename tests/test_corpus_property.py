@@ -113,8 +113,6 @@ def _case(blocks, seed):
     return Case(f"random{next(_ids)}", build)
 
 
-@pytest.mark.xfail(strict=True, reason="today products of spike tensors and F.max_pool2d give "
-                   "wrong outputs silently, and train-mode BatchNorm / MaxPool are refused")
 @settings(max_examples=25, deadline=None, derandomize=True, database=None,
           phases=(Phase.explicit, Phase.generate),  # no shrinking: a failure reports as found
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

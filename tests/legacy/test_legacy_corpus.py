@@ -8,8 +8,6 @@ set_saf naming the operation.
 The zoo's neurons default to a hard reset (v_reset=0.), which SAF refuses by design; the zoo
 constructors take the neuron class and its arguments, so the models are built with
 ``spiking_neuron=neuron.LIFNode`` / ``ParametricLIFNode`` and ``v_reset=None``.
-
-``TODAY``: what fails on the engine before the data-flow rewrite (93a18a7): strict xfails.
 """
 
 from __future__ import annotations
@@ -74,22 +72,6 @@ LEGACY = [
 ]
 CASES = {c.name: c for c in LEGACY}
 
-TODAY: dict[tuple[str, str, str], str] = {
-    ("legacy_spiking_resnet18", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_spiking_resnet18", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_sew_resnet18_ADD", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_sew_resnet18_ADD", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_sew_resnet18_IAND", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_sew_resnet18_IAND", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_spiking_vgg11_bn", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_spiking_vgg11_bn", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_MNISTNet", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_MNISTNet", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_CIFAR10Net", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_CIFAR10Net", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_DVSGestureNet", "E", "s"): "refused: BatchNorm in training mode / MaxPool",
-    ("legacy_plif_DVSGestureNet", "E", "m"): "refused: BatchNorm in training mode / MaxPool",
-}
 
 
 def _params():
@@ -98,9 +80,7 @@ def _params():
         for sm in case.step_modes:
             out.append(pytest.param(case.name, "fires", sm, id=f"{case.name}-{sm}-fires"))
             for mode in ("E", "F") if case.f_decay is not None else ("E",):
-                reason = TODAY.get((case.name, mode, sm))
-                marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-                out.append(pytest.param(case.name, mode, sm, marks=marks,
+                out.append(pytest.param(case.name, mode, sm,
                                         id=f"{case.name}-{sm}-SAF{mode}"))
     return out
 
