@@ -111,18 +111,17 @@ FIXABLE = textwrap.dedent('''
     from torch import nn
     from spikingjelly.activation_based import layer, neuron
 
-    def maxpool():
-        return nn.Sequential(layer.Conv2d(1, 2, 3, padding=1), neuron.LIFNode(v_reset=None),
-                             layer.MaxPool2d(2), layer.Flatten(), layer.Linear(8, 3))
+    def hard_reset():
+        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(), layer.Linear(6, 3))
 ''')
 
 
 def test_bench_fix_makes_a_fixable_model_run(models, capsys):
     (models / "cli_fixable_mod.py").write_text(FIXABLE)
-    argv = ["bench", "cli_fixable_mod:maxpool", "--input-shape", "1,4,4", "--T", "2",
+    argv = ["bench", "cli_fixable_mod:hard_reset", "--input-shape", "4", "--T", "2",
             "--methods", "bptt,saf_e_online", "--batch", "2", "--repeats", "1", "--warmup", "0",
             "--no-memory", "--out", str(models / "res")]
-    assert main(argv) == 1  # SAF refuses MaxPool: the method is skipped, and says how to fix
+    assert main(argv) == 1  # SAF refuses hard reset: the method is skipped, and says how to fix
     assert "--fix" in capsys.readouterr().out
     assert main(argv + ["--fix"]) == 0
     captured = capsys.readouterr()
