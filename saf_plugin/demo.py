@@ -1,6 +1,6 @@
 """Train a small spiking network twice, with BPTT and with SAF-E, and compare.
 
-    python -m saf_plugin.demo [--epochs 3] [--T 8] [--batch-size 64] [--device cpu]
+    python -m saf_plugin.demo [--epochs 5] [--T 8] [--batch-size 64] [--device cpu]
 
 The network is a SpikingJelly conv SNN (Conv-LIF-AvgPool x2, Linear readout) on
 scikit-learn's handwritten digits (1,797 images of 8x8, shipped with scikit-learn: nothing
@@ -182,7 +182,7 @@ def summary(rows: list[dict], args) -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per method")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method")
     parser.add_argument("--T", type=int, default=8, help="time steps per image")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
