@@ -1,4 +1,4 @@
-"""Regenerate docs/compatibility.md from saf_plugin's registry.
+"""Regenerate docs/compatibility.md from saf_plugin's registry and the engine's operation tables.
 
     python docs/gen_compatibility.py          # rewrite the page
     tests/test_docs.py fails when the committed page is stale.
@@ -12,20 +12,33 @@ from pathlib import Path
 
 PAGE = Path(__file__).with_name("compatibility.md")
 
-NOTES = {  # judge / repair function name -> (status, reason, fix)
-    "judge_neuron": ("exact with soft reset", "hard reset has no closed form in accumulations",
-                     "`saf_plugin.fix` switches to soft reset"),
-    "judge_batchnorm": ("exact in eval mode, approximate in train mode",
-                        "batch statistics of the growing accumulations",
-                        "weight-standardised conv, `.eval()`, or `strict=False`"),
-    "judge_dropout": ("exact in eval mode, approximate in train mode",
-                      "a new mask at every step", "SpikingJelly `layer.Dropout` (one mask per sequence)"),
-    "judge_leaky": ("exact with reset_mechanism='subtract' (either reset_delay)",
-                    "reset 'zero' (hard reset) has no closed form; 'none' works with SAF-E only",
-                    "use reset_mechanism='subtract'"),
-    "judge_maxpool": ("approximate", "max of accumulations is not the accumulation of maxima",
-                      "`saf_plugin.fix` replaces it by average pooling"),
-}
+
+def operations() -> list[tuple[str, str, str]]:
+    from saf_plugin import runtime as R
+
+    def names(xs):
+        return ", ".join(f"`{x}`" for x in sorted(xs))
+
+    return [
+        ("linear, conv (1d/2d/3d, transposed)", "on accumulations",
+         "once per step; a bias is scaled by the series c[t]"),
+        (names(R._POOL), "on accumulations", "average pooling is linear"),
+        ("`batch_norm` in eval mode (running statistics)", "on accumulations",
+         "affine: its shift is scaled by c[t]"),
+        ("`+`, `-` of branches and constants; `*`, `/` by constants; `@` with a constant; "
+         "`sum`/`mean` over non-time dims; `cat`/`stack` of one decay", "on accumulations",
+         "branches of different decays are accumulated again with the receiver's decay"),
+        (names(R._SHAPE - {"getitem", "alias"}) + ", indexing",
+         "shape", "applied to the value (and a spike's accumulation); in step mode 'm' an "
+         "operation that moves or indexes the time axis runs per step"),
+        ("dropout in eval mode or with p = 0; SpikingJelly `layer.Dropout` (one mask per "
+         "sequence)", "shape / on accumulations", "the identity, or a product with a constant"),
+        ("everything else: `max_pool*`, `batch_norm` in training mode, dropout in training "
+         "mode, products of two input-dependent tensors (SEW AND/IAND, attention), "
+         "activations, unknown functions", "per step",
+         "runs on the real per-step values: exact, element-wise extra work; SAF-F refuses it "
+         "(at the first call, naming it)"),
+    ]
 
 
 def rows() -> list[tuple[str, str, str, str, str]]:
@@ -40,36 +53,46 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     out = []
     for cls, spec in registry._REGISTRY.items():
         lib = cls.__module__.split(".")[0]
-        judge = getattr(spec.judge, "__name__", None)
-        if judge in NOTES:
-            status, reason, fix = NOTES[judge]
-        elif spec.role == "container":
-            status, reason, fix = "exact", "container: its children are checked", ""
-        elif spec.role == "neuron" and spec.neuron is None:
-            status, reason, fix = ("unsupported", "a neuron model SAF has no closed form for",
-                                   "use Leaky / LIF neurons")
+        if spec.role == "neuron" and spec.neuron is not None:
+            status, reason, fix = ("exact", "closed form in accumulations (soft reset); a hard "
+                                   "reset is refused", "`saf_plugin.fix` switches to soft reset")
         elif spec.role == "neuron":
-            status, reason, fix = "exact", "spiking neuron", ""
-        elif spec.role == "linear":
+            status, reason, fix = ("unsupported", "a neuron model saf-plugin has no route for",
+                                   "use LIF / IF / Leaky neurons")
+        elif spec.role == "stateful":
+            status, reason, fix = ("unsupported", "a stateful module whose dynamics SAF does "
+                                   "not know (e.g. recurrent containers)", "")
+        elif spec.role == "container":
             status = "exact"
-            reason = "affine: the shift carries c[t]" if spec.shift else "linear map"
+            reason = "container: its children and their operations count"
             fix = ""
+        elif spec.repair is not None:
+            status, reason, fix = ("exact", "runs per step", "`saf_plugin.fix` replaces it by "
+                                   "average pooling (runs on accumulations, faster)")
         else:
-            status, reason, fix = "approximate", f"{spec.role} map", "see `saf_plugin.check`"
-        if judge and judge not in NOTES and judge != "<lambda>":
-            reason += f" (judged at run time by `{judge}`)"
+            status, reason, fix = "exact", "judged by its operations", ""
+        if spec.methods:
+            reason += "; under SAF: " + ", ".join(f"`{m}` cached" for m in spec.methods)
         out.append((f"`{cls.__module__}.{cls.__qualname__}`", lib, status, reason, fix))
     return sorted(out, key=lambda r: (r[1], r[0]))
 
 
 def render() -> str:
     lines = ["# Compatibility", "",
-             "Generated from `saf_plugin.registry` by `docs/gen_compatibility.py` "
-             "(do not edit by hand). Classes not listed are reported as unsupported by "
-             "`saf_plugin.check`; declare your own linear maps with "
-             "`saf_plugin.register_linear`. Subclasses inherit an entry unless they override "
-             "its dynamics.", "",
-             "| module | library | status | reason | fix |", "|---|---|---|---|---|"]
+             "Generated from `saf_plugin.registry` and `saf_plugin.runtime` by "
+             "`docs/gen_compatibility.py` (do not edit by hand).", "",
+             "## Operations", "",
+             "saf-plugin reads the data flow of a model's forward: every operation between "
+             "neurons (in modules, functional calls or tensor methods) is routed by what it "
+             "is, not by the module that runs it. `saf_plugin.check(net, example_input)` lists "
+             "the route of each operation of your model.", "",
+             "| operation | route | note |", "|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in operations()]
+    lines += ["", "## Classes saf-plugin knows", "",
+              "Neurons and stateful modules are known by class; subclasses inherit an entry "
+              "unless they override its dynamics. A stateful SpikingJelly module that is not "
+              "listed is refused; any other module is judged by its operations.", "",
+              "| module | library | status | reason | fix |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows()]
     return "\n".join(lines) + "\n"
 

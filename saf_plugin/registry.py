@@ -1,7 +1,9 @@
 """What saf-plugin knows about module classes: one :class:`Spec` per class, looked up by MRO.
 
 Adapters register their classes here (``adapters/torch_nn.py``, ``adapters/spikingjelly.py``,
-``adapters/snntorch.py``); users extend it with :func:`register_linear`.
+``adapters/snntorch.py``); users extend it with :func:`register_linear`. Only neurons, stateful
+modules, containers and a few repairs are known by class: every other module is judged by the
+operations its forward runs (``saf_plugin/runtime.py``).
 """
 
 from __future__ import annotations
@@ -46,9 +48,10 @@ class Spec:
               "stateful" (a catch-all for a library's neuron/state base class: reported as one
               module, its children not walked).
     judge:    module -> (status, reason, fix); None means "exact".
-    shift:    for affine maps, module -> the additive constant β of one sample's output
-              (e.g. a Linear's bias), which SAF must scale by the series c[t]; None if linear.
-    runtime:  the judgement depends on ``module.training``: re-judge at every SAF call.
+    shift:    for a module declared with :func:`register_linear` that adds a constant:
+              (module, out, sample_ndim) -> β, broadcastable against one sample's output.
+    whole:    the module's whole forward runs once per step on accumulations (a user's linear
+              map, :func:`register_linear`), instead of being judged by its operations.
     dynamics: method names whose overriding in a subclass changes the maths (subclasses that
               override them are not covered by this spec).
     methods:  extra methods of the module's SAF class (e.g. a cache that is only valid because
@@ -58,12 +61,11 @@ class Spec:
     role: Role
     judge: Optional[Callable[[nn.Module], Judgement]] = None
     shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
-    runtime: bool = False
+    whole: bool = False
     neuron: Optional[NeuronAdapter] = None
     repair: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
     methods: dict[str, Callable] = field(default_factory=dict)
-    owner: type = field(default=object, repr=False)
 
 
 _REGISTRY: dict[type, Spec] = {}
@@ -76,19 +78,21 @@ _ADAPTERS = {
 def register(cls: type, spec: Spec) -> None:
     """Register (or replace) the spec of ``cls``; subclasses inherit it unless they override
     one of ``spec.dynamics``."""
-    spec.owner = cls
     _REGISTRY[cls] = spec
 
 
 def register_linear(
     cls: type, shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
 ) -> None:
-    """Declare ``cls`` a linear map (exact under SAF).
+    """Declare ``cls`` a linear map, so that its forward runs once per step on accumulations.
 
-    If it adds a constant, pass ``shift(module, out, sample_ndim)`` returning that constant
+    Without this a module is judged by the operations its forward runs, which is always exact
+    (an operation SAF does not know runs per step); declaring it saves that per-step work when
+    the module calls something SAF cannot see into (e.g. a custom autograd function). If it
+    adds a constant, pass ``shift(module, out, sample_ndim)`` returning that constant
     broadcastable against one sample's output (``sample_ndim`` dims); SAF scales it by c[t].
     """
-    register(cls, Spec("linear", shift=shift))
+    register(cls, Spec("linear", shift=shift, whole=True))
 
 
 def spikingjelly_is_legacy() -> bool:

@@ -140,8 +140,7 @@ _SHAPE = {
     "permute", "transpose", "t", "contiguous", "clone", "detach", "to", "type", "float",
     "double", "half", "bfloat16", "cpu", "cuda", "expand", "expand_as", "getitem", "movedim",
     "moveaxis", "swapaxes", "swapdims", "narrow", "select", "chunk", "split", "unbind",
-    "flatten", "ravel", "identity", "requires_grad", "alias", "dropout_eval", "repeat",
-    "tile", "repeat_interleave", "squeeze_", "unsqueeze_",
+    "ravel", "alias", "repeat", "tile", "repeat_interleave",
 }
 _CREATE = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
            "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
@@ -810,6 +809,28 @@ class Runtime:
         out = func([self._output_one(a) for a in seq], *rest, **kwargs)
         self.reps[out] = Rep(STEP, self.call, self.t, tm=False, fout=True)
         return out
+
+    def user_linear(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
+        """A module declared with register_linear: its forward, once, on the accumulated input
+        (its constant, if it declared one, scaled by c[t])."""
+        x = args[0]
+        if not self.active or self.paused or not (torch.is_tensor(x) and x in self.reps):
+            return forward(module, *args, **kwargs)
+        site = self.site(type(module).__name__, (x, *args[1:]))
+        self._note(site.where, type(module).__name__, "on accumulations")
+        a, lam = self.accumulated(x, site)
+        self.paused += 1
+        try:
+            out = forward(module, a, *args[1:], **kwargs)
+        finally:
+            self.paused -= 1
+        spec = module._saf_spec
+        if spec.shift is not None:
+            unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
+            shift = spec.shift(module, out, out.dim() - 1 - unfolded)
+            if shift is not None:
+                out = self._shift(out, shift, lam)
+        return self._acc_out(out, lam, site, inputs=(x,))
 
     # ----------------------------------------------------------------- neurons
 

@@ -57,6 +57,19 @@ def _method_class(cls: type, methods: dict) -> type:
     return _ROOT_CLASSES[key]
 
 
+def _linear_class(cls: type) -> type:
+    """A module declared with register_linear: its forward runs once on accumulations."""
+    key = (cls, "linear")
+    if key not in _ROOT_CLASSES:
+        def forward(self, *args, **kwargs):
+            return self._saf_rt.user_linear(self, cls.forward, args, kwargs)
+
+        _ROOT_CLASSES[key] = type(f"SAF{cls.__name__}", (cls,), {
+            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
+            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
+    return _ROOT_CLASSES[key]
+
+
 def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
     """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
 
@@ -110,7 +123,10 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
         if path.startswith(inner):
             continue
         spec = lookup(module)
-        if spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
+        if spec is not None and spec.whole and module is not net:
+            module.__class__ = _linear_class(type(module))
+            module._saf_spec = spec
+        elif spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
             module.__class__ = _method_class(type(module), spec.methods)
         module._saf_rt, module._saf_path = rt, path  # marks every module as part of this model
     net.__class__ = _root_class(type(net))

@@ -92,7 +92,7 @@ from torch import Tensor, nn
 
 from .. import core
 from ..errors import SAFStateError
-from ..registry import NeuronAdapter, Spec, register, register_linear
+from ..registry import NeuronAdapter, Spec, register
 
 _SAF_CLASSES: dict[type, type] = {}
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
@@ -333,24 +333,6 @@ for _name, (_reason, _fix) in _REFUSED.items():
 register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
     "saf-plugin does not know this snnTorch neuron (only snn.Leaky is supported)",
     "use snn.Leaky")))
-
-# GradedSpikes multiplies by a fixed per-neuron weight: linear
-_graded = getattr(snn, "GradedSpikes", None)
-if _graded is not None:
-    register_linear(_graded)
-
-
-def _is_bntt(kids) -> bool:
-    """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of
-    one width, affine, with the bias removed (``bn.bias = None``). An ordinary list of
-    BatchNorms keeps its bias and is not BNTT. (BNTT built with ``affine=False`` looks like any
-    list of non-affine BatchNorms and is not recognised.)"""
-    if len(kids) < 2 or type(kids[0]) not in (nn.BatchNorm1d, nn.BatchNorm2d):
-        return False
-    first = kids[0]
-    return all(type(k) is type(first) and k.num_features == first.num_features and k.affine
-               and k.weight is not None and k.bias is None for k in kids)
-
 
 def judge_modulelist(m: nn.Module):
     """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""

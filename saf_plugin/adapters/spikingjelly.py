@@ -1,10 +1,11 @@
 """SpikingJelly (``spikingjelly.activation_based``), 2.0 and 0.0.0.0.14: neurons and layers
 under SAF.
 
-A converted neuron keeps its object, parameters and ``v`` memory; SAF adds three memories
-(``saf_acc`` = â[t−1], ``saf_z_prev``, ``saf_y_prev``), so ``functional.reset_net`` and
-``functional.detach_net`` reset and detach them like any other state. The membrane ``v`` is
-not updated under SAF (SAF never needs it).
+A converted neuron keeps its object, parameters and ``v`` memory; SAF adds one memory,
+``saf_acc``, that says whether the neuron ran since its reset, so ``functional.reset_net``
+starts a new sequence (the SAF state itself lives in the model's runtime). The membrane ``v``
+is not updated under SAF (SAF never needs it). Layers are not converted: their operations are
+judged from the data flow (``saf_plugin/runtime.py``).
 
 Both generations share this adapter; what only one of them has is looked up by name (2.0:
 ``OTTTLIFNode``, ``SLTTLIFNode``, ``WSConv2d``, ``OTTTSequential``; 0.0.0.0.14: ``backend``).
@@ -23,7 +24,7 @@ from torch import nn
 from .. import neuron_step
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams
-from ..registry import NeuronAdapter, Spec, register, register_linear
+from ..registry import NeuronAdapter, Spec, register
 from . import torch_nn
 
 _SAF_CLASSES: dict[type, type] = {}
@@ -156,25 +157,12 @@ def _layers(*names: str) -> list[type]:
     return [getattr(layer, name) for name in names if hasattr(layer, name)]
 
 
-for _cls in _layers("Linear", "Conv1d", "Conv2d", "Conv3d"):
-    register_linear(_cls, shift=torch_nn.bias_shift)
+for _cls in _layers("Dropout", "Dropout2d"):  # one mask per sequence: a product with a constant
+    register(_cls, Spec("linear"))
 for _cls in _layers("WSConv2d", "WSLinear"):
-    register(_cls, Spec("linear", shift=torch_nn.bias_shift,
-                        methods={"get_weight": cached_standardised_weight}))
-for _cls in _layers("AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d",
-                    "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "Flatten", "Dropout", "Dropout2d"):
-    register_linear(_cls)
-for _cls in _layers("BatchNorm1d", "BatchNorm2d", "BatchNorm3d"):
-    register(_cls, Spec("linear", shift=torch_nn.batchnorm_shift))
+    register(_cls, Spec("linear", methods={"get_weight": cached_standardised_weight}))
 for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
     register(_cls, Spec("nonlinear", repair=repair_maxpool))
 for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
                     "OTTTSequential"):
     register(_cls, Spec("container"))
-
-try:  # OTTT's VGG multiplies by a constant after each neuron: linear
-    from spikingjelly.activation_based.model.spiking_vggws_ottt import Scale
-
-    register_linear(Scale)
-except ImportError:  # pragma: no cover - older layouts
-    pass
