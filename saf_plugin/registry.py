@@ -111,7 +111,7 @@ def spikingjelly_is_legacy() -> bool:
 
 def load_adapters() -> None:
     """Import the adapters of the libraries the user has imported (never import them ourselves)."""
-    from .adapters import torch_nn  # noqa: F401
+    from .adapters import torch_nn  # noqa: F401  (registers on import)
 
     for lib, adapter in _ADAPTERS.items():
         if lib in sys.modules:

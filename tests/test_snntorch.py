@@ -186,8 +186,9 @@ class SharedNeuronNet(nn.Module):
 def test_one_neuron_object_for_two_layers_raises_a_clear_error():
     net = SharedNeuronNet()
     saf_plugin.set_saf(net, "E")
-    with pytest.raises(SAFStateError, match="ran twice|its own module object"):
+    with pytest.raises(SAFIncompatibleError, match="ran twice in one time step"):
         net(spikes(T, 4, 20))
+    assert saf_plugin.saf_mode(net) is None, "refused before any output: the model is plain again"
 
 
 def test_batch_size_change_without_reset_follows_snntorch():

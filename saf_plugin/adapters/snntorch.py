@@ -334,6 +334,19 @@ register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
     "saf-plugin does not know this snnTorch neuron (only snn.Leaky is supported)",
     "use snn.Leaky")))
 
+def _is_bntt(kids) -> bool:
+    """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of
+    one width, affine, with the bias removed (``bn.bias = None``). An ordinary list of
+    BatchNorms keeps its bias and is not BNTT. (BNTT built with ``affine=False`` looks like any
+    list of non-affine BatchNorms and is not recognised by class; the engine then refuses it at
+    run time, as a linear map that changes from step to step.)"""
+    if len(kids) < 2 or type(kids[0]) not in (nn.BatchNorm1d, nn.BatchNorm2d):
+        return False
+    first = kids[0]
+    return all(type(k) is type(first) and k.num_features == first.num_features and k.affine
+               and k.weight is not None and k.bias is None for k in kids)
+
+
 def judge_modulelist(m: nn.Module):
     """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""
     kids = list(m.children())

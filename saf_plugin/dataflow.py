@@ -1,0 +1,129 @@
+"""The data flow of a converted model's forward: what a tensor is to SAF, and the operation tables.
+
+Every tensor that depends on the network input carries a :class:`Rep`: ``STEP`` (the tensor is
+the per-step value v[t]), ``SPIKE`` (a neuron's real spikes s[t], with their accumulation â[t])
+or ``ACC`` (an accumulation A[t] = Σ_k λ^k v[t−k], whose per-step value is A[t] − λ A[t−1]).
+Tensors without one are constants. The tables below say which operations are shape operations,
+which make constants, and which leave the tensor world; ``saf_plugin/routes.py`` routes the rest.
+See docs/theory.md ("When SAF is exact: the data flow").
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from torch import Tensor
+
+from .errors import Finding
+
+STEP, SPIKE, ACC = "step", "spike", "acc"
+
+
+@dataclass
+class Rep:
+    """How a tensor relates to the per-step values (see the module docstring).
+
+    ``decay``: λ of the accumulation (SPIKE, ACC). ``acc``: â of a SPIKE. ``base``/``prev``/
+    ``chain``: an ACC is ``chain(base)`` where ``base`` is the output of a linear site and
+    ``prev`` that site's output one step earlier (None at t = 0). ``call``: the step it was
+    made in. ``seq``: the sequence step index of its first row (t). ``tm``: in step mode 'm',
+    dim 0 is time-major ([T, ...] or [T·B, ...]).
+    """
+
+    kind: str
+    call: int
+    seq: int
+    decay: float = 1.0
+    acc: Optional[Tensor] = None
+    base: Optional[Tensor] = None
+    prev: Optional[Tensor] = None
+    chain: tuple = ()
+    tm: bool = True
+    site: Any = None
+    raw: bool = False  # derived from the network input through no neuron (a time loop's input)
+    sites: tuple = ()  # the linear sites an ACC went through since its last neuron
+    fout: bool = False  # SAF-F outputs collected over steps: only the model's output
+    fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
+
+
+class Site:
+    """The state of one operation position in a step."""
+
+    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv")
+
+    def __init__(self, key: tuple, where: str):
+        self.key, self.where = key, where
+        self.in_acc: dict[int, Tensor] = {}  # accumulated per-step input, per operand
+        self.out_prev: Optional[Tensor] = None
+        self.needs_prev = False
+        self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
+
+    def clear(self) -> None:
+        self.in_acc = {}
+        self.out_prev = None
+
+
+class Refusal(Exception):
+    """Raised inside a forward: the engine found something SAF cannot run exactly."""
+
+    def __init__(self, finding: Finding):
+        super().__init__(finding.line())
+        self.finding = finding
+
+
+def user_frame() -> str:
+    """file:line of the innermost frame outside torch and saf_plugin (the user's forward)."""
+    for fr in reversed(traceback.extract_stack()[:-1]):
+        f = fr.filename.replace("\\", "/")
+        if "/torch/" in f or "/saf_plugin/" in f or f.startswith("<"):
+            continue
+        return f"{fr.filename}:{fr.lineno}"
+    return "<unknown>"
+
+
+_INPLACE_DUNDER = {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_",
+                   "idiv": "div_"}
+
+
+# values leaving the tensor world (Python numbers, printing, NumPy): always the per-step value
+_ESCAPE = {"__float__", "__int__", "__bool__", "__index__", "__complex__", "item", "tolist",
+           "numpy", "__array__", "__format__", "__repr__", "__str__", "equal", "allclose",
+           "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "eq", "ne", "lt", "le",
+           "gt", "ge", "isclose"}
+
+
+def _name(func) -> str:
+    """``__add__`` -> "add", ``add_`` stays "add_" (in place), ``__iadd__`` -> "add_"."""
+    name = getattr(func, "__name__", str(func))
+    if name in _ESCAPE:
+        return "escape"
+    if name.startswith("__") and name.endswith("__"):
+        name = name[2:-2]
+    return _INPLACE_DUNDER.get(name, name)
+
+
+# --------------------------------------------------------------------------- op tables
+
+_SHAPE = {
+    "view", "view_as", "reshape", "reshape_as", "flatten", "unflatten", "squeeze", "unsqueeze",
+    "permute", "transpose", "t", "contiguous", "clone", "detach", "to", "type", "float",
+    "double", "half", "bfloat16", "cpu", "cuda", "expand", "expand_as", "getitem", "movedim",
+    "moveaxis", "swapaxes", "swapdims", "narrow", "select", "chunk", "split", "unbind",
+    "ravel", "alias", "repeat", "tile", "repeat_interleave",
+}
+_CREATE = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
+           "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+_NO_TENSOR = {"size", "dim", "numel", "get", "len", "stride", "is_contiguous", "data_ptr",
+              "element_size", "nelement", "ndimension", "is_floating_point",
+              "is_complex", "storage_offset"}
+_POOL = {"avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
+         "adaptive_avg_pool2d", "adaptive_avg_pool3d"}
+_CONV = {"conv1d": 1, "conv2d": 2, "conv3d": 3, "conv_transpose1d": 1, "conv_transpose2d": 2,
+         "conv_transpose3d": 3}
+_DROPOUT = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+            "feature_alpha_dropout"}
+_TIME_TOUCH = {"permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims",
+               "narrow", "select", "chunk", "split", "unbind", "getitem", "repeat", "tile",
+               "repeat_interleave", "expand", "expand_as"}

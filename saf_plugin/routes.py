@@ -1,0 +1,463 @@
+"""How each operation between neurons runs under SAF: on accumulations, as a shape operation, or
+per step (the methods :class:`saf_plugin.runtime.Runtime` dispatches every operation to).
+
+- linear maps (linear, conv, average pooling, eval-mode BatchNorm, sums, scaling, matmul with a
+  constant, cat/stack): once on accumulations, an additive constant β scaled by c[t];
+- shape operations: on the value (and a spike's accumulation), keeping the representation;
+- everything else: on the per-step values, output tagged ``STEP`` (exact, element-wise cost).
+
+Per-operation state lives in *sites*: the k-th linear map of a step is site k.
+See docs/theory.md ("When SAF is exact: the data flow").
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from .dataflow import (_CONV, _CREATE, _DROPOUT, _NO_TENSOR, _POOL, _SHAPE, _TIME_TOUCH, ACC,
+                       SPIKE, STEP, Refusal, Rep, Site, _name, user_frame)
+from .errors import Finding, SAFStateError
+
+
+class Routes:
+    """The operation routes of the runtime (a mixin of :class:`saf_plugin.runtime.Runtime`)."""
+
+    # ----------------------------------------------------------------- dispatch
+
+    def site(self, name: str, args: tuple) -> Site:
+        """The state of this linear map; a time loop inside forward is found here."""
+        weight = next((a for a in args[1:] if isinstance(a, nn.Parameter)), None)
+        key = (name, None if weight is None else id(weight))
+        if self.step_mode == "s":
+            data = self.reps.get(args[0]) if torch.is_tensor(args[0]) else None
+            if self.loop_key is None:
+                self.loop_key, self.loop_op = key, self.op
+            elif key == self.loop_key and data is not None and data.raw:
+                self.next_step()  # the forward's own loop over time started its next step
+        k = self.op
+        self.op += 1
+        if k < len(self.sites):
+            s = self.sites[k]
+            if s.key != key and self.t == 0:  # another structure (e.g. eval mode): relearn
+                del self.sites[k:]
+            elif s.key[0] == name and s.key != key:
+                raise Refusal(Finding(
+                    "", name, "unsupported",
+                    f"the {name} at {user_frame()} uses other constants (weights) than in the "
+                    "step before: a linear map that changes from step to step (e.g. one "
+                    "BatchNorm per time step, snntorch.BatchNormTT) is not one linear map on "
+                    "accumulations",
+                    "use one module for every step, or train with BPTT"))
+            elif s.key[0] != name:
+                raise SAFStateError(
+                    f"linear map {k} of this step is {name} at {user_frame()}, but it was "
+                    f"{s.key[0]} at {s.where} in an earlier step: the forward runs other "
+                    "operations from step to step (data-dependent control flow), so SAF's "
+                    "per-operation state would be mixed up; saf-plugin cannot run this exactly")
+            return s
+        s = Site(key, user_frame())
+        s.needs_prev = not self.learning  # learnt in the first call; later sites keep prev
+        self.sites.append(s)
+        return s
+
+    def dispatch(self, func, args: tuple, kwargs: dict):
+        name = _name(func)
+        if name in _NO_TENSOR:
+            return func(*args, **kwargs)
+        flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
+        if not any(a in self.reps for a in flat) or name in _CREATE:
+            return func(*args, **kwargs)
+        bad = next((r.fbad for r in map(self.reps.get, flat) if r is not None and r.fbad), None)
+        if bad is not None:
+            raise self._f_refusal(bad)
+        if any(r is not None and r.fout for r in map(self.reps.get, flat)):
+            raise Refusal(Finding(
+                "", name, "unsupported",
+                f"{name} at {user_frame()} computes with SAF-F outputs collected over time steps "
+                "(spike representations, not spikes); under SAF-F they can only be returned",
+                "return the collected outputs from forward, or train with SAF-E"))
+        if name == "escape":
+            return self._per_step(func, name, args, kwargs, note=False)
+        if name.endswith("_") and name not in ("requires_grad_",):
+            return self._inplace(func, name, args, kwargs)
+        route = self._route(name, args, kwargs)
+        if route == "shape":
+            return self._shape(func, name, args, kwargs)
+        if route is not None:
+            out = route(func, name, args, kwargs)
+            if out is not NotImplemented:
+                return out
+        return self._per_step(func, name, args, kwargs)
+
+    def _note(self, where: str, name: str, route: str) -> None:
+        if self.record is not None:
+            self.record.append((where, name, route))
+
+    # ----------------------------------------------------------------- routes
+
+    def _route(self, name: str, args, kwargs):
+        if name in _SHAPE:
+            x = args[0] if args else None
+            if not (torch.is_tensor(x) and x in self.reps):
+                return None
+            if self._makes_time(name, args, kwargs):
+                return self._new_time
+            if self.step_mode == "m" and name in _TIME_TOUCH and self._touches_time(
+                    name, args, kwargs):
+                return None
+            return "shape"
+        if name in _DROPOUT:
+            training = kwargs.get("training", args[2] if len(args) > 2 else True)
+            p = kwargs.get("p", args[1] if len(args) > 1 else 0.5)
+            return "shape" if (not training or float(p) == 0) and args[0] in self.reps else None
+        if name == "linear":
+            return self._linear_op("last")
+        if name in _CONV:
+            return self._linear_op("channel")
+        if name in _POOL:
+            return self._linear_op(None)
+        if name == "batch_norm":
+            return self._batch_norm
+        if name in ("add", "sub", "radd", "rsub"):
+            return self._add
+        if name in ("mul", "rmul", "div", "truediv", "neg", "matmul", "rmatmul", "mm", "bmm",
+                    "sum", "mean", "cat", "concat", "concatenate", "stack", "pos"):
+            return self._linear_generic
+        return None
+
+    def _makes_time(self, name, args, kwargs) -> bool:
+        """Step mode 'm', a model that makes its own time axis from a static input
+        (``x.unsqueeze(0).expand(T, ...)`` / ``.repeat(T, ...)``): T is the new axis."""
+        x = args[0]
+        rep = self.reps.get(x)
+        if not (self.step_mode == "m" and name in ("expand", "repeat") and rep is not None
+                and rep.raw and rep.kind == STEP and self.op == 0 and x.dim() > 1
+                and x.shape[0] == 1):
+            return False
+        sizes = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+        return bool(sizes) and int(sizes[0]) > 0
+
+    def _touches_time(self, name, args, kwargs) -> bool:
+        x = args[0]
+        if name in ("expand", "expand_as", "repeat", "tile", "repeat_interleave", "chunk",
+                    "split", "unbind", "t"):
+            return True
+        if name == "getitem":
+            idx = args[1]
+            first = idx[0] if isinstance(idx, tuple) and idx else idx
+            return not ((isinstance(first, slice) and first == slice(None)) or first is ...)
+        if name == "permute":
+            dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
+            return int(dims[0]) % x.dim() != 0
+        if name in ("transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
+            dims = list(args[1:3])
+            if any(isinstance(d, (tuple, list)) for d in dims):
+                return True
+            return any(int(d) % x.dim() == 0 for d in dims)
+        if name in ("narrow", "select"):
+            dim = args[1] if len(args) > 1 else kwargs.get("dim")
+            return int(dim) % x.dim() == 0
+        return False
+
+    def _new_time(self, func, name, args, kwargs):
+        out = func(*args, **kwargs)
+        if not self.own_time or self.steps != out.shape[0]:
+            self.own_time, self.steps = True, out.shape[0]
+            self.new_sequence()
+        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, tm=True)
+        return out
+
+    def _shape(self, func, name, args, kwargs):
+        x = args[0]
+        rep = self.reps[x]
+        out = func(*args, **kwargs)
+        rest = args[1:]
+        if isinstance(out, (tuple, list)):
+            accs = func(rep.acc, *rest, **kwargs) if rep.kind == SPIKE else None
+            for i, o in enumerate(out):
+                if rep.kind == SPIKE:
+                    self._retag(o, rep, acc=accs[i])
+                elif rep.kind == ACC:
+                    self._retag(o, rep, chain=rep.chain + ((_pick(func, i), rest, kwargs),))
+                else:
+                    self._retag(o, rep)
+            return out
+        if not torch.is_tensor(out) or out is x:
+            return out
+        if rep.kind == SPIKE:
+            return self._retag(out, rep, acc=func(rep.acc, *rest, **kwargs))
+        if rep.kind == ACC:
+            return self._retag(out, rep, chain=rep.chain + ((func, rest, kwargs),))
+        return self._retag(out, rep)
+
+    def _retag(self, o: Tensor, rep: Rep, **changes) -> Tensor:
+        new = Rep(**{**rep.__dict__, **changes})
+        new.tm = rep.tm and self._tm(o)
+        self.reps[o] = new
+        return o
+
+    def _f_refusal(self, op: str) -> Refusal:
+        name, _, where = op.partition(" at ")
+        return Refusal(Finding(
+            "", name, "unsupported",
+            f"{op} is not linear in the accumulations, so it runs per step; SAF-F's gradient "
+            "(the Spike Representation's) is defined for linear maps between neurons only",
+            "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
+
+    def _per_step(self, func, name, args, kwargs, note: bool = True):
+        fbad = f"{name} at {user_frame()}" if self.mode == "F" and note else None
+        if self.record is not None and note:
+            self._note(user_frame(), name, "per step")
+        tagged = [a for a in tree_flatten((args, kwargs))[0]
+                  if torch.is_tensor(a) and a in self.reps]
+        reps = [self.reps[a] for a in tagged]
+        tm = all(r.tm for r in reps)
+        raw = all(r.raw for r in reps)
+        dims0 = {a.shape[0] for a in tagged if a.dim() > 0}
+
+        def value(a):
+            if torch.is_tensor(a):
+                rep = self.reps.get(a)
+                if rep is not None:
+                    return self.step_value(a, rep)
+            return a
+
+        out = func(*tree_map(value, args), **tree_map(value, kwargs))
+        for o in tree_flatten(out)[0]:
+            if torch.is_tensor(o):
+                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, tm=tm and (
+                    self.step_mode == "s" or (o.dim() > 0 and o.shape[0] in dims0)))
+        return out
+
+    def _inplace(self, func, name, args, kwargs):
+        """x.op_(...) on tagged values: the out-of-place op, copied back into x."""
+        x = args[0]
+        out_of_place = getattr(torch.Tensor, name[:-1], None) if name != "copy_" else None
+        if out_of_place is None or not torch.is_tensor(x):
+            return self._per_step(func, name, args, kwargs)
+        res = self.dispatch(out_of_place, args, kwargs)
+        rep = self.reps.get(res)
+        self._unalias(x)
+        self.paused += 1
+        try:
+            x.copy_(res)
+        finally:
+            self.paused -= 1
+        if rep is not None:
+            self.reps[x] = Rep(**rep.__dict__)
+        return x
+
+    def _unalias(self, x: Tensor) -> None:
+        """Before x is overwritten in place: state that shares its storage gets a copy."""
+        ptr = x.untyped_storage().data_ptr()
+
+        def own(t):
+            return t.clone() if torch.is_tensor(t) and t.untyped_storage().data_ptr() == ptr else t
+
+        for s in self.sites:
+            s.in_acc = {k: own(v) for k, v in s.in_acc.items()}
+            s.out_prev = own(s.out_prev)
+        for st in self.states.values():
+            for k, v in vars(st).items():
+                setattr(st, k, own(v))
+
+    # linear maps -------------------------------------------------------------
+
+    def _linear_op(self, bias_at):
+        def run(func, name, args, kwargs):
+            args, kwargs = list(args), dict(kwargs)
+            consts = [a for a in tree_flatten((args[1:], kwargs))[0] if torch.is_tensor(a)]
+            if any(a in self.reps for a in consts):
+                return NotImplemented  # e.g. a weight computed from the input: per step
+            site = self.site(name, tuple(args))
+            self._note(site.where, name, "on accumulations")
+            bias = None
+            if bias_at is not None:
+                if "bias" in kwargs:
+                    bias = kwargs.pop("bias")
+                elif len(args) > 2:
+                    bias, args[2] = args[2], None
+            x = args[0]
+            a, lam = self.accumulated(x, site)
+            args[0] = a
+            out = self._split_call(func, args, kwargs, a)
+            if bias is not None:
+                shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
+                b = bias.view(shape)
+                out = self._shift(out + b, b, lam)
+            return self._acc_out(out, lam, site, inputs=(x,))
+        return run
+
+    def _split_call(self, func, args, kwargs, a: Tensor):
+        """SAF-F in step mode 'm': steps 0..T−2 build no graph (only the last step's is kept)."""
+        if not (self.mode == "F" and self.step_mode == "m" and self.steps > 1
+                and torch.is_grad_enabled() and self._tm(a)):
+            return func(*args, **kwargs)
+        k = a.shape[0] * (self.steps - 1) // self.steps
+        head, tail = list(args), list(args)
+        head[0], tail[0] = a[:k], a[k:].clone()
+        with torch.no_grad():
+            h = func(*head, **kwargs)
+        return torch.cat([h, func(*tail, **kwargs)])
+
+    def _acc_out(self, out: Tensor, lam: float, site: Site, raw: bool = False,
+                 inputs: tuple = ()) -> Tensor:
+        prev = site.out_prev
+        up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
+                   for u in self.reps[a].sites if self.reps[a].kind == ACC)
+        if self.learning or site.needs_prev:
+            site.out_prev = (out.detach() if self.step_mode == "s"
+                             else out.detach().unflatten(0, (self.steps, -1))[-1])
+        self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=out, prev=prev,
+                             tm=self._tm(out), site=site, raw=raw, sites=(site, *up))
+        return out
+
+    def _batch_norm(self, func, name, args, kwargs):
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                 "momentum", "eps")
+        b = dict(zip(names, args))
+        b.update(kwargs)
+        if b.get("training", False) or b.get("running_mean") is None:
+            return NotImplemented  # batch statistics: per step
+        if any(torch.is_tensor(v) and v in self.reps for k, v in b.items() if k != "input"):
+            return NotImplemented
+        x = b["input"]
+        site = self.site(name, (x, b.get("weight"), b["running_mean"]))
+        self._note(site.where, "batch_norm (eval)", "on accumulations")
+        a, lam = self.accumulated(x, site)
+        vals = [b.get(k) for k in names]
+        vals[0] = a
+        out = self._split_call(func, vals, {}, a)
+        inv = torch.rsqrt(b["running_var"] + b.get("eps", 1e-5))
+        shift = -b["running_mean"] * inv
+        if b.get("weight") is not None:
+            shift = shift * b["weight"]
+        if b.get("bias") is not None:
+            shift = shift + b["bias"]
+        out = self._shift(out, shift.view(-1, *([1] * (a.dim() - 2))), lam)
+        return self._acc_out(out, lam, site, inputs=(x,))
+
+    def _decay_of(self, a) -> Optional[float]:
+        if torch.is_tensor(a) and a in self.reps:
+            rep = self.reps[a]
+            if rep.call == self.call and rep.kind in (ACC, SPIKE):
+                return rep.decay
+        return None
+
+    def _add(self, func, name, args, kwargs):
+        if "alpha" in kwargs or len(args) != 2:
+            return NotImplemented
+        tagged = [torch.is_tensor(a) and a in self.reps for a in args]
+        decays = {self._decay_of(a) for a, t in zip(args, tagged) if t} - {None}
+        if not all(tagged):
+            c = args[tagged.index(False)]
+            other = args[tagged.index(True)]
+            if self.step_mode == "m" and torch.is_tensor(c) and c.dim() >= other.dim():
+                return NotImplemented  # a constant with a time dimension: per step
+        site = self.site(name, args)
+        self._note(site.where, name, "on accumulations")
+        lam = site.recv if site.recv is not None and self.step_mode == "s" else (
+            decays.pop() if decays else None)
+        vals = list(args)
+        for i, a in enumerate(args):
+            if tagged[i]:
+                vals[i], lam = self.accumulated(a, site, slot=i, lam=lam)
+        raw = all(self.reps[a].raw for a, t in zip(args, tagged) if t)
+        out = func(*vals, **kwargs)
+        if not all(tagged):
+            i = tagged.index(False)
+            c = args[i]
+            neg = (name == "sub" and i == 1) or (name == "rsub" and i == 0)
+            if torch.is_tensor(c) or c != 0:
+                out = self._shift(out, -c if neg else c, lam)
+        return self._acc_out(out, lam, site, raw, inputs=args)
+
+    def _linear_generic(self, func, name, args, kwargs):
+        """mul/div by constants, matmul with a constant, sums and means over non-time dims,
+        cat/stack of accumulations of one decay."""
+        if name in ("cat", "concat", "concatenate", "stack"):
+            seq = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if self.mode == "F" and self.step_mode == "s" and all(
+                    torch.is_tensor(a) and a in self.reps for a in seq) and any(
+                    self.reps[a].call != self.call for a in seq):
+                return self._collect(func, seq, args[1:], kwargs)
+            if self.step_mode == "m" and int(dim) % (seq[0].dim() + (name == "stack")) == 0:
+                return NotImplemented
+            decays = [self._decay_of(a) for a in seq]
+            if None in decays or len(set(decays)) != 1:
+                return NotImplemented
+            site = self.site(name, tuple(seq))
+            self._note(site.where, name, "on accumulations")
+            vals = [self.accumulated(a, site, i)[0] for i, a in enumerate(seq)]
+            out = func(vals, *args[1:], **kwargs)
+            return self._acc_out(out, decays[0], site, inputs=tuple(seq))
+        if name in ("sum", "mean"):
+            x = args[0]
+            if self.reps[x].kind == SPIKE:
+                return NotImplemented  # spike counts and rates: on the real spikes
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None and self.step_mode == "m":
+                return NotImplemented
+            if dim is not None and self.step_mode == "m" and any(
+                    int(d) % x.dim() == 0 for d in (dim if isinstance(dim, (tuple, list))
+                                                    else [dim])):
+                return NotImplemented
+            if kwargs.get("dtype") is not None:
+                return NotImplemented
+        tagged = [i for i, a in enumerate(args) if torch.is_tensor(a) and a in self.reps]
+        if len(tagged) != 1 or any(torch.is_tensor(v) and v in self.reps
+                                   for v in kwargs.values()):
+            return NotImplemented  # a product of two input-dependent tensors: per step
+        i = tagged[0]
+        if name in ("div", "truediv") and i != 0:
+            return NotImplemented
+        if name in ("matmul", "mm", "bmm", "rmatmul") and self.step_mode == "m":
+            if (i == 1) != (name == "rmatmul") and args[i].dim() < 3:
+                return NotImplemented  # W @ x would contract the time dimension
+        site = self.site(name, args if i == 0 else (args[i], *args[:i], *args[i + 1:]))
+        self._note(site.where, name, "on accumulations")
+        vals = list(args)
+        vals[i], lam = self.accumulated(args[i], site)
+        out = func(*vals, **kwargs)
+        return self._acc_out(out, lam, site, self.reps[args[i]].raw, inputs=(args[i],))
+
+    def _collect(self, func, seq, rest, kwargs):
+        """SAF-F, a forward that loops over time and stacks its per-step outputs (snnTorch
+        tutorial 5): each is turned into its output form (the spike representation A[t]/c[t]),
+        and the result may only leave the model."""
+        out = func([self._output_one(a) for a in seq], *rest, **kwargs)
+        self.reps[out] = Rep(STEP, self.call, self.t, tm=False, fout=True)
+        return out
+
+    def user_linear(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
+        """A module declared with register_linear: its forward, once, on the accumulated input
+        (its constant, if it declared one, scaled by c[t])."""
+        x = args[0]
+        if not self.active or self.paused or not (torch.is_tensor(x) and x in self.reps):
+            return forward(module, *args, **kwargs)
+        site = self.site(type(module).__name__, (x, *args[1:]))
+        self._note(site.where, type(module).__name__, "on accumulations")
+        a, lam = self.accumulated(x, site)
+        self.paused += 1
+        try:
+            out = forward(module, a, *args[1:], **kwargs)
+        finally:
+            self.paused -= 1
+        spec = module._saf_spec
+        if spec.shift is not None:
+            unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
+            shift = spec.shift(module, out, out.dim() - 1 - unfolded)
+            if shift is not None:
+                out = self._shift(out, shift, lam)
+        return self._acc_out(out, lam, site, inputs=(x,))
+
+
+def _pick(func, i):
+    def picked(x, *args, **kwargs):
+        return func(x, *args, **kwargs)[i]
+    return picked
