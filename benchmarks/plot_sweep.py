@@ -27,8 +27,16 @@ def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", type=Path, help="JSON files written by bench.py")
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks/sweep_T.png"))
+    p.add_argument("--memory-from", type=Path, action="append", default=[],
+                   help="another run of the same net: only its memory rows are added (a "
+                   "fresh process each, so machine load does not change them)")
     args = p.parse_args(argv)
     results = [json.loads(f.read_text()) for f in args.results]
+    for extra in map(lambda f: json.loads(f.read_text()), args.memory_from):
+        res = next(r for r in results if r["config"]["net"] == extra["config"]["net"])
+        have = {(r["method"], r["T"]) for r in res["rows"]}
+        res["rows"] += [{k: v for k, v in r.items() if not k.startswith("time_")}
+                        for r in extra["rows"] if (r["method"], r["T"]) not in have]
     fig, axes = plt.subplots(len(results), len(PANELS), figsize=(15, 4.2 * len(results)),
                              squeeze=False)
     for row, res in zip(axes, results):
