@@ -47,9 +47,9 @@ class NeuronState:
 
 
 def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
-         c: Optional[Tensor]) -> Tensor:
+         c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """One SAF step on the input accumulation ``x`` (accumulated with ``decay_in``); updates
-    ``st`` in place and returns â[t] (with graph)."""
+    ``st`` in place and returns (â[t], s[t]) with graph (s[t] is None in SAF-F)."""
     y = x
     if p.decay_param is not None or decay_in != p.decay:
         y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, p.decay)
@@ -61,12 +61,14 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
         st.y_prev = y.detach()
     elif st.z_prev is not None:
         st.y_prev = y.detach()
+    spikes = None
     if mode == "F":
         acc, _ = core.saf_f_step(scaled, st.acc, p.decay, p.theta, c)
     else:
-        acc, _ = core.saf_e_step(scaled, st.acc, p.decay, p.theta, p.surrogate)
+        spikes, _ = core.lif_spike(scaled, st.acc, p.decay, p.theta, p.surrogate)
+        acc = core.accumulate_step(spikes, st.acc, p.decay)
     st.acc = acc.detach()
-    return acc
+    return acc, spikes
 
 
 def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
@@ -90,8 +92,9 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
         c = rt.series(p.decay, like=y) if mode == "F" else None
         prev = st.acc
         if rt.step_mode == "s":
-            acc = step(y, decay_in, st, p, mode, None if c is None else c[0])
-            spikes = spikes_of(acc, prev, p.decay, False)
+            acc, spikes = step(y, decay_in, st, p, mode, None if c is None else c[0])
+            if spikes is None:
+                spikes = spikes_of(acc, prev, p.decay, False)
         elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:
             from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
 
@@ -106,7 +109,8 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
             for t in range(y.shape[0]):
                 grad = torch.is_grad_enabled() and (mode == "E" or t == last)
                 with torch.set_grad_enabled(grad):
-                    steps.append(step(y[t], decay_in, st, p, mode, None if c is None else c[t]))
+                    steps.append(step(y[t], decay_in, st, p, mode,
+                                      None if c is None else c[t])[0])
             acc = torch.stack(steps)
             spikes = spikes_of(acc, prev, p.decay, True)
     finally:
