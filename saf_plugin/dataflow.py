@@ -26,7 +26,8 @@ class Rep:
     """How a tensor relates to the per-step values (see the module docstring).
 
     ``decay``: λ of the accumulation (SPIKE, ACC). ``acc``: â of a SPIKE. ``base``/``prev``/
-    ``chain``: an ACC is ``chain(base)`` where ``base`` is the output of a linear site and
+    ``chain``: an ACC is ``chain(base)`` where ``base`` is the output of a linear site (None: the
+    tagged tensor itself; a Rep never holds its own key, or the weak table would keep it) and
     ``prev`` that site's output one step earlier (None at t = 0). ``call``: the step it was
     made in. ``seq``: the sequence step index of its first row (t). ``tm``: in step mode 'm',
     dim 0 is time-major ([T, ...] or [T·B, ...]).

@@ -118,13 +118,9 @@ def load_adapters() -> None:
             importlib.import_module(adapter)
 
 
-def lookup(module: nn.Module) -> Optional[Spec]:
-    """The spec of the nearest registered class in ``type(module).__mro__``, or None.
-
-    A subclass that overrides one of a spec's ``dynamics`` methods is not covered by it; the
-    search goes on up the MRO (to a library's catch-all base class, if registered).
-    """
-    cls = getattr(type(module), "_saf_base", type(module))
+def lookup_class(cls: type) -> Optional[Spec]:
+    """The spec of ``cls`` (see :func:`lookup`)."""
+    cls = getattr(cls, "_saf_base", cls)
     for klass in cls.__mro__:
         spec = _REGISTRY.get(klass)
         if spec is None:
@@ -132,3 +128,12 @@ def lookup(module: nn.Module) -> Optional[Spec]:
         if all(getattr(cls, n, None) is getattr(klass, n, None) for n in spec.dynamics):
             return spec
     return None
+
+
+def lookup(module: nn.Module) -> Optional[Spec]:
+    """The spec of the nearest registered class in ``type(module).__mro__``, or None.
+
+    A subclass that overrides one of a spec's ``dynamics`` methods is not covered by it; the
+    search goes on up the MRO (to a library's catch-all base class, if registered).
+    """
+    return lookup_class(type(module))

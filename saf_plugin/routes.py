@@ -176,6 +176,8 @@ class Routes:
         rep = self.reps[x]
         out = func(*args, **kwargs)
         rest = args[1:]
+        if rep.kind == ACC and rep.base is None:  # x is the output of its site: the base
+            rep = Rep(**{**rep.__dict__, "base": x})
         if isinstance(out, (tuple, list)):
             accs = func(rep.acc, *rest, **kwargs) if rep.kind == SPIKE else None
             for i, o in enumerate(out):
@@ -312,7 +314,7 @@ class Routes:
         if self.learning or site.needs_prev:
             site.out_prev = (out.detach() if self.step_mode == "s"
                              else out.detach().unflatten(0, (self.steps, -1))[-1])
-        self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=out, prev=prev,
+        self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=None, prev=prev,
                              tm=self._tm(out), site=site, raw=raw, sites=(site, *up))
         return out
 

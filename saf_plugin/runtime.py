@@ -232,7 +232,7 @@ class Runtime(Routes):
                 f"an accumulation made at {rep.site.where} is needed per step, but its previous "
                 "step was not kept: the model's data flow changed between steps (data-dependent "
                 "control flow); saf-plugin cannot run this model exactly")
-        base = rep.base
+        base = x if rep.base is None else rep.base
         if self.step_mode == "s" or rep.call != self.call and base.dim() == 0:
             v = core.deaccumulate_step(base, rep.prev, rep.decay)
         else:

@@ -14,13 +14,12 @@ from typing import Optional
 
 from torch import nn
 
-from . import runtime
+from . import _classes, runtime
 from .check import check, walk
 from .errors import SAFIncompatibleError, SAFStateError
 from .registry import load_adapters, lookup
 
 MODES = ("E", "F", None)
-_ROOT_CLASSES: dict[type, type] = {}
 
 
 def saf_mode(net: nn.Module) -> Optional[str]:
@@ -36,38 +35,25 @@ def invalidate_reset_cache(net: nn.Module) -> None:
         fn(net)
 
 
-def _root_class(cls: type) -> type:
-    if cls not in _ROOT_CLASSES:
-        def forward(self, *args, **kwargs):
-            return runtime.run(self._saf_rt, self, cls.forward, args, kwargs)
+def root_class(cls: type) -> type:
+    """The model itself: its forward runs under the engine."""
+    def forward(self, *args, **kwargs):
+        return runtime.run(self._saf_rt, self, cls.forward, args, kwargs)
 
-        _ROOT_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _ROOT_CLASSES[cls]
+    return _classes.make("root", cls, {"forward": forward})
 
 
-def _method_class(cls: type, methods: dict) -> type:
+def method_class(cls: type, methods: dict) -> type:
     """A subclass carrying a spec's extra methods (e.g. a weight cache valid under SAF)."""
-    key = (cls, tuple(sorted(methods)))
-    if key not in _ROOT_CLASSES:
-        _ROOT_CLASSES[key] = type(f"SAF{cls.__name__}", (cls,), {
-            **methods, "_saf_base": cls, "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _ROOT_CLASSES[key]
+    return _classes.make("method", cls, dict(methods))
 
 
-def _linear_class(cls: type) -> type:
+def linear_class(cls: type) -> type:
     """A module declared with register_linear: its forward runs once on accumulations."""
-    key = (cls, "linear")
-    if key not in _ROOT_CLASSES:
-        def forward(self, *args, **kwargs):
-            return self._saf_rt.user_linear(self, cls.forward, args, kwargs)
+    def forward(self, *args, **kwargs):
+        return self._saf_rt.user_linear(self, cls.forward, args, kwargs)
 
-        _ROOT_CLASSES[key] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": forward, "_saf_base": cls, "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _ROOT_CLASSES[key]
+    return _classes.make("linear", cls, {"forward": forward})
 
 
 def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
@@ -124,12 +110,12 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
             continue
         spec = lookup(module)
         if spec is not None and spec.whole and module is not net:
-            module.__class__ = _linear_class(type(module))
+            module.__class__ = linear_class(type(module))
             module._saf_spec = spec
         elif spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
-            module.__class__ = _method_class(type(module), spec.methods)
+            module.__class__ = method_class(type(module), spec.methods)
         module._saf_rt, module._saf_path = rt, path  # marks every module as part of this model
-    net.__class__ = _root_class(type(net))
+    net.__class__ = root_class(type(net))
     net._saf_rt = rt
     net._saf_path = ""
     invalidate_reset_cache(net)

@@ -90,11 +90,10 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
-from .. import core
+from .. import _classes, core
 from ..errors import SAFStateError
 from ..registry import NeuronAdapter, Spec, register
 
-_SAF_CLASSES: dict[type, type] = {}
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
 
@@ -108,6 +107,7 @@ class LeakyState:
     cur_acc: Optional[Tensor] = None
     z_prev: Optional[Tensor] = None
     y_prev: Optional[Tensor] = None
+    mem_out: Optional[Tensor] = None  # the membrane returned last step (with graph)
 
 
 def _beta(m: nn.Module) -> Tensor:
@@ -135,6 +135,9 @@ def _forward(self, input_, mem=None):
         raise SAFStateError(
             f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
             "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    last = rt.states.get((id(self), 0))
+    if mem is not None and last is not None and mem is last.mem_out:
+        self.mem = self._saf_mem_ref  # the membrane this neuron returned last step
     fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
     if not self.mem.shape == input_.shape:
         fresh = True
@@ -158,8 +161,9 @@ def _forward(self, input_, mem=None):
         out, spk, mem_new = _step(self, rt, y, decay_in, st, None if fresh else self.mem)
     finally:
         rt.paused -= 1
-    self.mem = mem_new
-    self._saf_mem_ref = mem_new
+    self.mem = mem_new.detach()  # SAF never differentiates through it (and deepcopy works)
+    self._saf_mem_ref = self.mem
+    st.mem_out = mem_new  # what the caller may pass back as `mem`
     rt.emit(spk, out, lam)
     rt.tag(mem_new, "step")
     if self.output or not self.init_hidden:
@@ -235,12 +239,7 @@ def _step(m, rt, x: Tensor, decay_in: float, st: LeakyState, mem_prev: Optional[
 
 
 def saf_class(cls: type) -> type:
-    if cls not in _SAF_CLASSES:
-        _SAF_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": _forward, "reset_mem": _reset_mem, "_saf_base": cls,
-            "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _SAF_CLASSES[cls]
+    return _classes.make("neuron", cls, {"forward": _forward, "reset_mem": _reset_mem})
 
 
 _ATTRS = ("_saf_mem_ref",)

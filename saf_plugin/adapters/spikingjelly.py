@@ -21,13 +21,12 @@ import torch
 from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
 
-from .. import neuron_step
+from .. import _classes, neuron_step
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams
 from ..registry import NeuronAdapter, Spec, register
 from . import torch_nn
 
-_SAF_CLASSES: dict[type, type] = {}
 
 
 def decay(m: nn.Module):
@@ -66,12 +65,8 @@ def _forward(self, x, *args, **kwargs):
 
 
 def saf_class(cls: type) -> type:
-    if cls not in _SAF_CLASSES:
-        _SAF_CLASSES[cls] = type(f"SAF{cls.__name__}", (cls,), {
-            "forward": _forward, "single_step_forward": _forward, "multi_step_forward": _forward,
-            "_saf_base": cls, "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} under SAF (class swapped in place by saf_plugin.set_saf)."})
-    return _SAF_CLASSES[cls]
+    return _classes.make("neuron", cls, {"forward": _forward, "single_step_forward": _forward,
+                                         "multi_step_forward": _forward})
 
 
 def attach(m: nn.Module) -> None:

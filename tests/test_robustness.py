@@ -1,0 +1,91 @@
+"""A converted model in the hands of PyTorch: pickling, torch.save, deep copies, misuse."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import snntorch as snn
+import torch
+from snntorch import utils
+from spikingjelly.activation_based import functional
+from torch import nn
+
+import saf_plugin
+import sj_models as M
+
+
+def test_torch_save_of_a_converted_model_loads_back_converted(float64, tmp_path):
+    net = M.strengthen(M.conv(), gain=2.0, bias=0.5)
+    x = torch.rand(4, 2, 2, 8, 8)
+    saf_plugin.set_saf(net, "E")
+    ref = M.run(net, x, "s")
+    path = tmp_path / "net.pt"
+    torch.save(net, path)
+    back = torch.load(path, weights_only=False)
+    assert saf_plugin.saf_mode(back) == "E"
+    torch.testing.assert_close(M.run(back, x, "s"), ref, rtol=0, atol=0)
+    saf_plugin.set_saf(back, None)
+    assert not any("SAF" in type(m).__name__ for m in back.modules())
+    # in a fresh interpreter too (the SAF classes are rebuilt from their names)
+    code = ("import sys, torch, spikingjelly.activation_based; import saf_plugin; "
+            "n = torch.load(sys.argv[1], weights_only=False); print(saf_plugin.saf_mode(n))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "E"
+
+
+def test_snntorch_model_deep_copies_after_a_training_step():
+    """(snnTorch's surrogates are local closures, so its models do not pickle, SAF or not.)"""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), snn.Leaky(0.8, init_hidden=True),
+                        nn.Linear(16, 4), snn.Leaky(0.8, init_hidden=True, output=True))
+    saf_plugin.set_saf(net, "E")
+    utils.reset(net)
+    spk, mem = net(torch.rand(3, 8) * 2)
+    (spk.sum() + mem.sum()).backward()
+    twin = copy.deepcopy(net)  # after a training step, without a reset
+    xs = torch.rand(5, 3, 8) * 2
+    outs = []
+    for model in (net, twin):
+        for m in model.modules():  # utils.reset misses deep copies (snnTorch's global list)
+            if isinstance(m, snn.Leaky):
+                m.reset_mem()
+        outs.append(torch.stack([model(x)[0] for x in xs]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_fix_on_a_submodule_of_a_converted_model_is_refused(float64):
+    net = M.mlp()
+    saf_plugin.set_saf(net, "E")
+    with pytest.raises(saf_plugin.SAFStateError, match="switched to SAF"):
+        saf_plugin.fix(net[1])
+
+
+def test_a_bare_neuron_is_refused_with_a_message_about_wrapping_it(float64):
+    with pytest.raises(saf_plugin.SAFIncompatibleError, match="wrap it"):
+        saf_plugin.set_saf(M.lif(), "E")
+
+
+def test_zero_time_steps_are_a_clear_error(float64):
+    net = M.mlp()
+    functional.set_step_mode(net, "m")
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    with pytest.raises(ValueError, match="T = 0"):
+        net(torch.rand(0, 4, 12))
+
+
+def test_reset_net_after_an_interrupted_step_recovers(float64):
+    net = M.mlp()
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    net(torch.rand(2, 12))
+    handle = net[3].register_forward_pre_hook(lambda m, a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        net(torch.rand(2, 12))
+    handle.remove()
+    with pytest.raises(saf_plugin.SAFStateError, match="interrupted"):
+        net(torch.rand(2, 12))
+    functional.reset_net(net)  # the flag does not survive a reset
+    net(torch.rand(2, 12))
