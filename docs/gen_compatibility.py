@@ -14,7 +14,7 @@ PAGE = Path(__file__).with_name("compatibility.md")
 
 
 def operations() -> list[tuple[str, str, str]]:
-    from saf_plugin import runtime as R
+    from saf_plugin import dataflow as R
 
     def names(xs):
         return ", ".join(f"`{x}`" for x in sorted(xs))
