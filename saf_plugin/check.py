@@ -73,7 +73,10 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
     from .errors import SAFError
     from .swap import set_saf
 
+    from .training import reset_state
+
     probe = copy.deepcopy(net)
+    reset_state(probe)
     set_saf(probe, mode)
     rt = probe.__dict__["_saf_rt"]
     rt.record = []

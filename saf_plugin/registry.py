@@ -37,6 +37,7 @@ class NeuronAdapter:
     is_fresh: Callable[[nn.Module], bool]
     fix: Optional[Callable[[nn.Module], str]] = None
     reset_on_shape_change: bool = False
+    plain_state: Optional[Callable[[nn.Module], bool]] = None  # holds state from a plain run
 
 
 @dataclass

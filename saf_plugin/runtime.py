@@ -121,6 +121,12 @@ class Runtime(Routes):
                 "state is half-updated; reset the model (spikingjelly: functional.reset_net(net); "
                 "snntorch: utils.reset(net)) and start the sequence again")
         self.interrupted = False
+        if not self.started and any(a.plain_state is not None and a.plain_state(m)
+                                    for m, a in zip(self.neurons, self.adapters)):
+            raise SAFStateError(
+                "the model's neurons hold a state from a run before set_saf; SAF cannot continue "
+                "a sequence the plain model started: reset the model first (spikingjelly: "
+                "functional.reset_net(net))")
         new = not self.started or reset
         if any(fresh) and not all(fresh) and not self.restart and self.started:
             raise SAFStateError(

@@ -89,3 +89,15 @@ def test_reset_net_after_an_interrupted_step_recovers(float64):
         net(torch.rand(2, 12))
     functional.reset_net(net)  # the flag does not survive a reset
     net(torch.rand(2, 12))
+
+
+def test_switching_to_saf_in_the_middle_of_a_sequence_is_refused(float64):
+    net = M.mlp()
+    functional.reset_net(net)
+    for x in torch.rand(2, 2, 12):
+        net(x)  # the plain model is in the middle of a sequence
+    saf_plugin.set_saf(net, "E")
+    with pytest.raises(saf_plugin.SAFStateError, match="reset the model first"):
+        net(torch.rand(2, 12))
+    functional.reset_net(net)
+    net(torch.rand(2, 12))

@@ -97,8 +97,13 @@ def fix_neuron(m: nn.Module) -> str:
     return f"hard reset (v_reset={old}) -> soft reset (v_reset=None)"
 
 
+def plain_state(m: nn.Module) -> bool:
+    """The membrane holds a state from a run before set_saf (no reset_net since)."""
+    return torch.is_tensor(m._memories.get("v"))
+
+
 ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_neuron)
+                        is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state)
 _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
              "single_step_forward", "multi_step_forward", "forward", "neuronal_charge",
              "neuronal_fire", "neuronal_reset")
