@@ -394,8 +394,13 @@ def _probe(rt: Runtime, args: tuple, kwargs: dict) -> None:
             torch.cuda.set_rng_state_all(cuda)
 
 
+@torch.compiler.disable
 def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
-    """The forward of a converted model's root: the user's forward under the engine."""
+    """The forward of a converted model's root: the user's forward under the engine.
+
+    ``torch.compile`` runs it eagerly (the engine's per-operation routing is Python that
+    dynamo would guard on at every step); the plain model compiles as usual after
+    ``set_saf(net, None)``."""
     if rt.active:
         return forward(module, *args, **kwargs)
     if rt.mode == "F" and not rt.probed:

@@ -101,3 +101,17 @@ def test_switching_to_saf_in_the_middle_of_a_sequence_is_refused(float64):
         net(torch.rand(2, 12))
     functional.reset_net(net)
     net(torch.rand(2, 12))
+
+
+def test_torch_compile_runs_a_converted_model_eagerly_without_recompiling(float64):
+    torch._dynamo.reset()
+    net = M.strengthen(M.mlp(), gain=2.0, bias=0.5)
+    x = torch.rand(12, 3, 12)
+    saf_plugin.set_saf(net, "E")
+    ref = M.run(net, x, "s")
+    compiled = torch.compile(net)
+    functional.reset_net(net)
+    out = torch.stack([compiled(xt) for xt in x])
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    from torch._dynamo.utils import counters
+    assert counters["stats"]["unique_graphs"] <= 1, dict(counters["stats"])
