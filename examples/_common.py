@@ -330,29 +330,36 @@ def train_and_report(name: str, net: torch.nn.Module, task: "Task", args, train_
     return final_line(acc, spe, device, saf=args.saf, data=args.data)
 
 
-def batchnorm_as_affine(net: torch.nn.Module) -> int:
-    """Run every BatchNorm of ``net`` in eval mode whatever ``net.train()`` says: a per-channel
-    affine map (learnable γ and β, running statistics frozen), which SAF reproduces exactly.
-    Train-mode BatchNorm normalises the growing accumulations with batch statistics; on the
-    CSNN that keeps SAF-E from learning at all. Returns how many BatchNorms were changed."""
-    def keep_eval(module, args) -> None:  # a pre-hook's return value would replace the input
-        module.eval()
-
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for bn in bns:
-        bn.eval()
-        bn.register_forward_pre_hook(keep_eval)
-    return len(bns)
-
-
-def print_check(net: torch.nn.Module) -> list:
-    """Print what ``saf_plugin.check`` says, one line per module that is not exact."""
-    findings = saf_plugin.check(net)
+def print_check(net: torch.nn.Module, example_input=None) -> list:
+    """Print what ``saf_plugin.check`` says, one line per module that is not exact; with
+    ``example_input`` (what ``net`` is called with) also which operations run once per step on
+    accumulations (SAF's saving) and which run per step on the real values."""
+    findings = saf_plugin.check(net, example_input)
     bad = [f for f in findings if f.status != "exact"]
-    print(f"saf_plugin.check: {len(findings)} modules, {len(bad)} not exact")
+    print(f"saf_plugin.check: {len(findings)} findings, {len(bad)} not exact")
     for f in bad:
         print(f"  {f.path or '<model>'} ({f.module}): {f.status}: {f.reason}\n      fix: {f.fix}")
+    if example_input is not None and not bad:
+        on_acc = sorted({f.module for f in findings if "on accumulations" in f.reason})
+        per_step = sorted({f.module for f in findings if "on the real values" in f.reason})
+        print(f"  once per step on accumulations: {', '.join(on_acc) or '-'}")
+        print(f"  per step on the real values: {', '.join(per_step) or '-'}")
     return findings
+
+
+def soft_reset(net: torch.nn.Module) -> list[str]:
+    """Switch every hard-reset SpikingJelly neuron of ``net`` to soft reset (``v_reset=None``),
+    the one change SAF requires (hard reset has no closed form in accumulations); unlike
+    ``saf_plugin.fix`` it leaves everything else (max pooling included) as it is. Returns the
+    paths changed and prints them."""
+    from spikingjelly.activation_based.neuron import BaseNode
+
+    changed = [p for p, m in net.named_modules()
+               if isinstance(m, BaseNode) and getattr(m, "v_reset", None) is not None]
+    for p in changed:
+        net.get_submodule(p).v_reset = None
+    print(f"soft reset (v_reset=None) on {len(changed)} neurons: {', '.join(changed)}")
+    return changed
 
 
 # --------------------------------------------------------------------------- the loop
@@ -456,15 +463,6 @@ def snntorch_unroll(net, x_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
         spk.append(s)
         mem.append(m)
     return torch.stack(spk), torch.stack(mem)
-
-
-def saf_with_affine_batchnorm(net: torch.nn.Module, root: torch.nn.Module, mode: str) -> None:
-    """Switch ``root`` (the part of ``net`` that runs the sequence) to SAF ``mode`` with every
-    BatchNorm of ``net`` run as a learnable affine map (:func:`batchnorm_as_affine`): train-mode
-    BatchNorm is not exact under SAF, eval-mode BatchNorm is."""
-    print(f"BatchNorm as affine (eval mode) under SAF: {batchnorm_as_affine(net)} modules")
-    print_check(net)
-    saf_plugin.set_saf(root, mode)
 
 
 def fix_and_report(net) -> list:

@@ -26,6 +26,9 @@ CASES = [
     ("snntorch_tutorial6", ["--width", "4"], "snntorch"),
     ("snntorch_tutorial7", ["--width", "4"], "snntorch"),
 ]
+# SpikingJelly's own models, used as they are (training-mode BatchNorm, max pooling): SAF-F
+# refuses their per-step operations, and the examples let saf_plugin's error show
+REFUSE_F = {"spikingjelly_conv_fashion_mnist", "spikingjelly_classify_dvsg"}
 
 
 def _load(name: str):
@@ -41,7 +44,15 @@ def _load(name: str):
 def test_example_runs_offline(name, extra, lib, saf, tmp_path, capsys):
     pytest.importorskip(lib)
     mod = _load(name)
-    line = mod.main(TINY + extra + ["--saf", saf, "--out-dir", str(tmp_path), "--device", "cpu"])
+    argv = TINY + extra + ["--saf", saf, "--out-dir", str(tmp_path), "--device", "cpu"]
+    if saf == "F" and name in REFUSE_F:
+        import saf_plugin
+
+        with pytest.raises(saf_plugin.SAFIncompatibleError, match="SAF-F"):
+            mod.main(argv)
+        assert not list(tmp_path.glob("*/checkpoint.pt"))
+        return
+    line = mod.main(argv)
     assert line.startswith("FINAL test_acc=") and "sec_per_epoch=" in line and "peak_mem_mb=" in line
     (run_dir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (run_dir / "log.csv").read_text().count("\n") == 2  # header + one epoch
