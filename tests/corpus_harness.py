@@ -383,3 +383,31 @@ def assert_acceptable(case: Case, mode: str, outcome: Outcome) -> None:
             f"(/{pattern}/): {outcome.detail}")
         return
     raise AssertionError(f"{case.name} SAF-{mode}: {outcome}")
+
+
+# --------------------------------------------------------------------------- the parametrised test
+
+
+def params(cases) -> list:
+    """Grouped by (case, step mode): the firing check, then SAF-E, then SAF-F, so the model is
+    built and run plainly once per group (:func:`prepared`)."""
+    import pytest
+
+    out = []
+    for case in cases:
+        for sm in case.step_modes:
+            out.append(pytest.param(case.name, "fires", sm, id=f"{case.name}-{sm}-fires"))
+            for mode in ("E", "F") if case.f_decay is not None else ("E",):
+                out.append(pytest.param(case.name, mode, sm, id=f"{case.name}-{sm}-SAF{mode}"))
+    return out
+
+
+def check_case(case: Case, check: str, step_mode: str) -> None:
+    """check "fires": the precondition (a layer that never or always fires would make the
+    comparison vacuous; every neuron module must run). "E"/"F": the outcome rule."""
+    if check == "fires":
+        net, _, _, rates = prepared(case, step_mode)
+        assert_fires(rates, case.name)
+        assert rates.keys() == {n for n, _ in neurons(net)}, "a neuron module never ran"
+        return
+    assert_acceptable(case, check, judge(case, check, step_mode))

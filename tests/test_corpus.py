@@ -13,8 +13,7 @@ import torch
 from spikingjelly.activation_based import monitor
 
 import corpus_models as CM
-from corpus_harness import (FiringRecorder, assert_acceptable, assert_fires, judge, neurons,
-                            prepared, run)
+from corpus_harness import FiringRecorder, assert_fires, check_case, params, run
 import saf_plugin
 
 CASES = {c.name: c for c in CM.ZOO + CM.WHY}
@@ -22,30 +21,9 @@ CASES = {c.name: c for c in CM.ZOO + CM.WHY}
 # Outcomes on the engine before the rewrite (saf_plugin at 93a18a7), measured with this harness.
 
 
-def _params():
-    """Grouped by (case, step mode): the firing check, then SAF-E, then SAF-F, so the model is
-    built and run plainly once per group (corpus_harness.prepared)."""
-    out = []
-    for case in CM.ZOO + CM.WHY:
-        for sm in case.step_modes:
-            out.append(pytest.param(case.name, "fires", sm, id=f"{case.name}-{sm}-fires"))
-            for mode in ("E", "F") if case.f_decay is not None else ("E",):
-                out.append(pytest.param(case.name, mode, sm,
-                                        id=f"{case.name}-{sm}-SAF{mode}"))
-    return out
-
-
-@pytest.mark.parametrize("name,check,step_mode", _params())
+@pytest.mark.parametrize("name,check,step_mode", params(CM.ZOO + CM.WHY))
 def test_corpus(name, check, step_mode):
-    """check "fires": the precondition, never xfailed (a layer that never or always fires would
-    make the comparison vacuous; every neuron module must run). "E"/"F": the outcome rule."""
-    case = CASES[name]
-    if check == "fires":
-        net, _, _, rates = prepared(case, step_mode)
-        assert_fires(rates, name)
-        assert rates.keys() == {n for n, _ in neurons(net)}, "a neuron module never ran"
-        return
-    assert_acceptable(case, check, judge(case, check, step_mode))
+    check_case(CASES[name], check, step_mode)
 
 
 # --------------------------------------------------------------------------- hooks and monitors

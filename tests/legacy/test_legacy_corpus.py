@@ -20,7 +20,7 @@ from spikingjelly.activation_based import neuron
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared harness
 
-from corpus_harness import Case, assert_acceptable, assert_fires, judge, neurons, prepared  # noqa: E402
+from corpus_harness import Case, check_case, params  # noqa: E402
 from corpus_models import L05, NONLIN, SEW, _images, _ready  # noqa: E402
 
 SOFT = dict(spiking_neuron=neuron.LIFNode, v_reset=None)
@@ -74,23 +74,6 @@ CASES = {c.name: c for c in LEGACY}
 
 
 
-def _params():
-    out = []
-    for case in LEGACY:
-        for sm in case.step_modes:
-            out.append(pytest.param(case.name, "fires", sm, id=f"{case.name}-{sm}-fires"))
-            for mode in ("E", "F") if case.f_decay is not None else ("E",):
-                out.append(pytest.param(case.name, mode, sm,
-                                        id=f"{case.name}-{sm}-SAF{mode}"))
-    return out
-
-
-@pytest.mark.parametrize("name,check,step_mode", _params())
+@pytest.mark.parametrize("name,check,step_mode", params(LEGACY))
 def test_legacy_corpus(name, check, step_mode):
-    case = CASES[name]
-    if check == "fires":
-        net, _, _, rates = prepared(case, step_mode)
-        assert_fires(rates, name)
-        assert rates.keys() == {n for n, _ in neurons(net)}, "a neuron module never ran"
-        return
-    assert_acceptable(case, check, judge(case, check, step_mode))
+    check_case(CASES[name], check, step_mode)
