@@ -10,11 +10,11 @@ See docs/theory.md ("When SAF is exact: the data flow").
 
 from __future__ import annotations
 
-import traceback
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from .errors import Finding
 
@@ -25,7 +25,8 @@ STEP, SPIKE, ACC = "step", "spike", "acc"
 class Rep:
     """How a tensor relates to the per-step values (see the module docstring).
 
-    ``decay``: λ of the accumulation (SPIKE, ACC). ``acc``: â of a SPIKE. ``base``/``prev``/
+    ``decay``: λ of the accumulation (SPIKE, ACC). ``acc``: â of a SPIKE (None: the spikes
+    themselves, as at t = 0). ``base``/``prev``/
     ``chain``: an ACC is ``chain(base)`` where ``base`` is the output of a linear site (None: the
     tagged tensor itself; a Rep never holds its own key, or the weak table would keep it) and
     ``prev`` that site's output one step earlier (None at t = 0). ``call``: the step it was
@@ -75,13 +76,33 @@ class Refusal(Exception):
 
 
 def user_frame() -> str:
-    """file:line of the innermost frame outside torch and saf_plugin (the user's forward)."""
-    for fr in reversed(traceback.extract_stack()[:-1]):
-        f = fr.filename.replace("\\", "/")
-        if "/torch/" in f or "/saf_plugin/" in f or f.startswith("<"):
-            continue
-        return f"{fr.filename}:{fr.lineno}"
-    return "<unknown>"
+    """file:line of the innermost frame outside torch and saf_plugin (the forward that runs the
+    operation), and the path of the innermost module of the converted model that runs it."""
+    where, path = "<unknown>", None
+    f = sys._getframe(1)
+    while f is not None:
+        name = f.f_code.co_filename.replace("\\", "/")
+        if where == "<unknown>" and not ("/torch/" in name or "/saf_plugin/" in name
+                                         or name.startswith("<")):
+            where = f"{f.f_code.co_filename}:{f.f_lineno}"
+        owner = f.f_locals.get("self")
+        if path is None and isinstance(owner, nn.Module) and "_saf_path" in owner.__dict__:
+            path = owner.__dict__["_saf_path"] or "<root>"
+        if where != "<unknown>" and path is not None:
+            break
+        f = f.f_back
+    return where if path is None else f"{where} (in module {path})"
+
+
+def module_path() -> str:
+    """The path of the innermost module of the converted model on the call stack ('' if none)."""
+    f = sys._getframe(1)
+    while f is not None:
+        owner = f.f_locals.get("self")
+        if isinstance(owner, nn.Module) and "_saf_path" in owner.__dict__:
+            return owner.__dict__["_saf_path"]
+        f = f.f_back
+    return ""
 
 
 _INPLACE_DUNDER = {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_",

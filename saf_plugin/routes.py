@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .dataflow import (_CONV, _CREATE, _DROPOUT, _NO_TENSOR, _POOL, _SHAPE, _TIME_TOUCH, ACC,
-                       SPIKE, STEP, Refusal, Rep, Site, _name, user_frame)
+                       SPIKE, STEP, Refusal, Rep, Site, _name, module_path, user_frame)
 from .errors import Finding, SAFStateError
 
 
@@ -46,7 +46,7 @@ class Routes:
                 del self.sites[k:]
             elif s.key[0] == name and s.key != key:
                 raise Refusal(Finding(
-                    "", name, "unsupported",
+                    module_path(), name, "unsupported",
                     f"the {name} at {user_frame()} uses other constants (weights) than in the "
                     "step before: a linear map that changes from step to step (e.g. one "
                     "BatchNorm per time step, snntorch.BatchNormTT) is not one linear map on "
@@ -76,7 +76,7 @@ class Routes:
             raise self._f_refusal(bad)
         if any(r is not None and r.fout for r in map(self.reps.get, flat)):
             raise Refusal(Finding(
-                "", name, "unsupported",
+                module_path(), name, "unsupported",
                 f"{name} at {user_frame()} computes with SAF-F outputs collected over time steps "
                 "(spike representations, not spikes); under SAF-F they can only be returned",
                 "return the collected outputs from forward, or train with SAF-E"))
@@ -178,6 +178,8 @@ class Routes:
         rest = args[1:]
         if rep.kind == ACC and rep.base is None:  # x is the output of its site: the base
             rep = Rep(**{**rep.__dict__, "base": x})
+        if rep.kind == SPIKE and rep.acc is None:  # at t = 0 the spikes are their accumulation
+            rep = Rep(**{**rep.__dict__, "acc": x})
         if isinstance(out, (tuple, list)):
             accs = func(rep.acc, *rest, **kwargs) if rep.kind == SPIKE else None
             for i, o in enumerate(out):
@@ -204,8 +206,9 @@ class Routes:
 
     def _f_refusal(self, op: str) -> Refusal:
         name, _, where = op.partition(" at ")
+        path = where.rpartition("(in module ")[2].rstrip(")") if "(in module " in where else ""
         return Refusal(Finding(
-            "", name, "unsupported",
+            "" if path == "<root>" else path, name, "unsupported",
             f"{op} is not linear in the accumulations, so it runs per step; SAF-F's gradient "
             "(the Spike Representation's) is defined for linear maps between neurons only",
             "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
@@ -279,10 +282,7 @@ class Routes:
             self._note(site.where, name, "on accumulations")
             bias = None
             if bias_at is not None:
-                if "bias" in kwargs:
-                    bias = kwargs.pop("bias")
-                elif len(args) > 2:
-                    bias, args[2] = args[2], None
+                bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
             x = args[0]
             a, lam = self.accumulated(x, site)
             args[0] = a
@@ -290,7 +290,7 @@ class Routes:
             if bias is not None:
                 shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
                 b = bias.view(shape)
-                out = self._shift(out + b, b, lam)
+                out = self._shift(out, b, lam)  # the call added b once
             return self._acc_out(out, lam, site, inputs=(x,))
         return run
 

@@ -26,7 +26,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from . import core
 from .errors import Finding, SAFIncompatibleError, SAFStateError
-from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, user_frame
+from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, module_path, user_frame
 from .routes import Routes
 
 
@@ -259,7 +259,7 @@ class Runtime(Routes):
         if lam is None and site.recv is not None and self.step_mode == "s":
             lam = site.recv  # accumulate with the receiver's decay: OTTT's trace
         if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam):
-            acc = x if rep.kind == ACC else rep.acc
+            acc = x if rep.kind == ACC or rep.acc is None else rep.acc
             if self.t == 0 and self.step_mode == "s":
                 site.in_acc[slot] = acc.detach()  # = the value at t = 0, whatever the decay
             return acc, rep.decay
@@ -283,7 +283,7 @@ class Runtime(Routes):
     def _need_tm(self, ok: bool, what: str) -> None:
         if not ok:
             raise Refusal(Finding(
-                "", "time layout", "unsupported",
+                module_path(), "time layout", "unsupported",
                 f"{what} at {user_frame()} receives a tensor whose first dimension is no longer "
                 f"time-major ([T, ...] or [T*B, ...] with T = {self.steps}) in step mode 'm'",
                 "keep time first in step mode 'm', or use step mode 's'"))
@@ -318,7 +318,7 @@ class Runtime(Routes):
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE):
             for s in rep.sites:
                 s.recv = lam
-            return (x if rep.kind == ACC else rep.acc), rep.decay
+            return (x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
         v = x if rep is None else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
             v = v.detach()
@@ -332,8 +332,10 @@ class Runtime(Routes):
         return y, lam
 
     def emit(self, spikes: Tensor, acc: Tensor, lam: float) -> Tensor:
-        """Tag a neuron's real spikes with their accumulation."""
-        self.reps[spikes] = Rep(SPIKE, self.call, self.t, decay=lam, acc=acc,
+        """Tag a neuron's real spikes with their accumulation (None: the spikes themselves, as
+        at t = 0; a Rep never holds its own key, or the weak table would keep it)."""
+        self.reps[spikes] = Rep(SPIKE, self.call, self.t, decay=lam,
+                                acc=None if acc is spikes else acc,
                                 tm=self._tm(spikes))
         return spikes
 
@@ -354,7 +356,7 @@ class Runtime(Routes):
             raise self._f_refusal(rep.fbad)
         if self.mode == "E" or rep.kind == STEP:
             return self.step_value(x, rep)
-        a = x if rep.kind == ACC else rep.acc
+        a = x if rep.kind == ACC or rep.acc is None else rep.acc
         if self.step_mode == "m" and not rep.tm:
             self._need_tm(False, "the model output")
         if self.step_mode == "s":
