@@ -71,12 +71,33 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
     return acc, spikes
 
 
+class _Spikes(torch.autograd.Function):
+    """s[t] = round(â[t] − λ â[t−1]) over [T, ...] (the exact 0/1 the neuron fired), with the
+    gradient of â[t] (â[t−1] is a constant): ∂s[t]/∂â[t] = 1. Two passes, no graph of its own."""
+
+    @staticmethod
+    def forward(ctx, acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
+        out = torch.empty_like(acc)
+        if acc_prev is None:
+            out[0] = acc[0]
+        else:
+            torch.sub(acc[0], acc_prev, alpha=lam, out=out[0])
+        torch.sub(acc[1:], acc[:-1], alpha=lam, out=out[1:])
+        return out.round_()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
 def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
     """s[t] = â[t] − λ â[t−1], rounded to the exact 0/1 the neuron fired (the gradient is that
-    of the difference, i.e. of â[t])."""
-    d = (core.deaccumulate(acc, lam, acc_prev) if multi_step
-         else core.deaccumulate_step(acc, acc_prev, lam))
-    return d.detach().round() + (d - d.detach())
+    of â[t])."""
+    if not multi_step:
+        acc = acc.unsqueeze(0)
+    prev = None if acc_prev is None else acc_prev.detach().to(acc.dtype)
+    s = _Spikes.apply(acc, prev, float(lam))
+    return s if multi_step else s.squeeze(0)
 
 
 def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:

@@ -74,6 +74,7 @@ class Runtime(Routes):
         self.interrupted = False
         self.probed = False
         self.own_time = False  # step mode 'm': the model makes its time axis from a static input
+        self._series: dict[tuple, Tensor] = {}
 
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
@@ -202,8 +203,14 @@ class Runtime(Routes):
         return self.step_mode == "s" or (x.dim() > 0 and x.shape[0] % self.steps == 0)
 
     def series(self, lam: float, like: Tensor) -> Tensor:
-        """c[t] for the rows of this call: [steps]."""
-        return core.bias_series(self.t, self.steps, lam, like=like)
+        """c[t] for the rows of this call: [steps] (cached while the clock stands still)."""
+        key = (self.t, self.steps, float(lam), like.dtype, like.device)
+        c = self._series.get(key)
+        if c is None:
+            if len(self._series) > 64:
+                self._series.clear()
+            c = self._series[key] = core.bias_series(self.t, self.steps, lam, like=like)
+        return c
 
     def _rows(self, x: Tensor, lam: float, fn) -> Tensor:
         """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's', else a
