@@ -112,6 +112,14 @@ class Runtime(Routes):
             steps = self.steps if self.own_time else tensors[0].shape[0]
         else:
             steps = 1
+        for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
+            if x.is_floating_point() and x.device.type == "cpu" and not bool(
+                    torch.isfinite(x).all()):
+                raise ValueError(
+                    "the input holds nan or ±inf; SAF accumulates its input (â[t] = λ â[t−1] + "
+                    "x[t]), where a non-finite value never leaves and inf − inf gives nan, so "
+                    "SAF refuses it (on CUDA this is not checked: it would synchronise every "
+                    "step); clean the input, or run the plain model")
         if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
             raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
                              "at least one step")

@@ -115,3 +115,15 @@ def test_torch_compile_runs_a_converted_model_eagerly_without_recompiling(float6
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     from torch._dynamo.utils import counters
     assert counters["stats"]["unique_graphs"] <= 1, dict(counters["stats"])
+
+
+@pytest.mark.parametrize("mode", ["E", "F"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_is_a_clear_error(float64, mode, bad):
+    net = M.mlp()
+    saf_plugin.set_saf(net, mode)
+    functional.reset_net(net)
+    x = torch.rand(2, 12)
+    x[1, 3] = bad
+    with pytest.raises(ValueError, match="nan or ±inf"):
+        net(x)
