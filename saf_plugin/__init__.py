@@ -1,7 +1,7 @@
 """saf-plugin: Spike Accumulation Forwarding (SAF) for SpikingJelly and snnTorch models.
 
     import saf_plugin
-    saf_plugin.check(net)          # per module: exact / approximate / unsupported, why, fix
+    saf_plugin.check(net, x)       # neurons and refusals; with an input, every operation's route
     saf_plugin.set_saf(net, "E")   # SAF-E in place (same modules, parameters, state_dict)
     ...train...
     saf_plugin.set_saf(net, None)  # back to the ordinary spiking model
