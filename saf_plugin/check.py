@@ -99,15 +99,6 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
     return out
 
 
-def meta_copy(net: nn.Module) -> nn.Module:
-    """A deep copy whose parameters and buffers live on the meta device (no data copied)."""
-    memo: dict = {}
-    for t in [*net.parameters(), *net.buffers()]:
-        meta = torch.empty_like(t, device="meta")
-        memo[id(t)] = nn.Parameter(meta, t.requires_grad) if isinstance(t, nn.Parameter) else meta
-    return copy.deepcopy(net, memo)
-
-
 def fix(net: nn.Module) -> list[Finding]:
     """Repair what can be repaired, in place, and report each change.
 

@@ -65,8 +65,9 @@ class Runtime(Routes):
         self.op = 0            # next site index in this step
         self.loop_key = None   # the first linear map of a call: a time loop in forward repeats it
         self.loop_op = 0
-        self.slots: dict[int, int] = {}
-        self.states: dict[tuple[int, int], Any] = {}
+        self.slots: dict[int, int] = {}  # neurons that ran in this step
+        self.states: dict[int, Any] = {}  # SAF state per neuron (id), for this sequence
+        self.snapshot: Optional[list] = None  # the buffers before the first call
         self.learning = True   # the first call after set_saf learns which sites need prev
         self.decay = 1.0
         self.record: Optional[list] = None  # check(): (where, operation, route)
@@ -306,21 +307,19 @@ class Runtime(Routes):
     # ----------------------------------------------------------------- neurons
 
     def slot(self, module: nn.Module, make: Callable[[], Any]) -> Any:
-        """The state of this call of ``module`` in the step (one per call: a module object
-        used for two layers keeps two states)."""
-        k = self.slots.get(id(module), 0)
-        if k:
+        """The SAF state of neuron ``module`` for this sequence (a neuron called twice in one
+        step is refused: its two calls would share one membrane)."""
+        if self.slots.get(id(module)):
             raise Refusal(Finding(
                 getattr(module, "_saf_path", ""), type(module).__name__, "unsupported",
                 f"this neuron object ran twice in one time step (at {user_frame()}): its two "
                 "calls share one membrane, so each call starts from the state the other left, "
                 "which has no closed form in accumulations",
                 "give every layer its own neuron object"))
-        self.slots[id(module)] = k + 1
-        key = (id(module), k)
-        if key not in self.states:
-            self.states[key] = make()
-        return self.states[key]
+        self.slots[id(module)] = 1
+        if id(module) not in self.states:
+            self.states[id(module)] = make()
+        return self.states[id(module)]
 
     def neuron_input(self, x: Tensor, lam: float, st) -> tuple[Tensor, float]:
         """(Y, λ_in): the neuron's input current as an accumulation, and its decay.
@@ -423,16 +422,22 @@ def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: 
     if rt.mode == "F" and not rt.probed:
         _probe(rt, args, kwargs)
     rt.active = True
+    if not rt.started and rt.snapshot is None:
+        rt.snapshot = [(m, k, b if b is None else b.clone()) for m in rt.root.modules()
+                       for k, b in m._buffers.items()]
     try:
         rt.begin(args)
         with _Mode(rt):
             out = forward(module, *args, **kwargs)
         out = rt.output(out)
         rt.end()
+        rt.snapshot = []  # the first call went through: nothing to undo any more
         return out
     except Refusal as r:
         from .swap import revert
 
+        for m, k, b in rt.snapshot or ():  # refused in the first call: undo its buffer
+            m._buffers[k] = b                # updates (BatchNorm statistics, snnTorch mem)
         rt.started = False
         revert(rt.root)
         raise SAFIncompatibleError([r.finding], header=(

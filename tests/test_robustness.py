@@ -127,3 +127,29 @@ def test_non_finite_input_is_a_clear_error(float64, mode, bad):
     x[1, 3] = bad
     with pytest.raises(ValueError, match="nan or ±inf"):
         net(x)
+
+
+def test_a_refusal_in_the_first_call_leaves_the_model_as_it_was(float64):
+    """One neuron object used for two layers, after a BatchNorm in training mode: refused at its
+    second call, after the BatchNorm ran; its statistics are as before the call."""
+    from spikingjelly.activation_based import layer
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.bn = layer.Linear(12, 16), layer.BatchNorm1d(16)
+            self.fc2, self.sn = layer.Linear(16, 16), M.lif()
+
+        def forward(self, x):
+            return self.sn(self.fc2(self.sn(self.bn(self.fc1(x)))))
+
+    net = Shared().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    saf_plugin.set_saf(net, "E")
+    functional.reset_net(net)
+    with pytest.raises(saf_plugin.SAFIncompatibleError, match="ran twice in one time step"):
+        net(torch.rand(4, 12))
+    assert saf_plugin.saf_mode(net) is None
+    after = net.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

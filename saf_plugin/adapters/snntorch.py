@@ -135,7 +135,7 @@ def _forward(self, input_, mem=None):
         raise SAFStateError(
             f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
             "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
-    last = rt.states.get((id(self), 0))
+    last = rt.states.get(id(self))
     if mem is not None and last is not None and mem is last.mem_out:
         self.mem = self._saf_mem_ref  # the membrane this neuron returned last step
     fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
