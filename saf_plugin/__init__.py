@@ -10,7 +10,7 @@
 from .check import check, fix
 from .swap import saf_mode, set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
-from .registry import register_linear
+from .extend import register_linear, register_neuron, register_per_step
 from .training import EpochStats, reset_state, train_epoch, train_step
 
 __all__ = [
@@ -23,6 +23,8 @@ __all__ = [
     "SAFIncompatibleError",
     "SAFStateError",
     "register_linear",
+    "register_neuron",
+    "register_per_step",
     "train_step",
     "train_epoch",
     "reset_state",

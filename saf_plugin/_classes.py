@@ -14,7 +14,7 @@ _MADE: dict[tuple, type] = {}
 
 
 def make(kind: str, base: type, attrs: dict) -> type:
-    """The SAF subclass of ``base`` of this ``kind`` ("root", "linear", "method", "neuron"),
+    """The SAF subclass of ``base`` of this ``kind`` ("root", "linear", "per_step", "method", "neuron"),
     with ``attrs`` as its class dict (made once)."""
     key = (kind, base)
     if key not in _MADE:
@@ -42,6 +42,8 @@ def __getattr__(name: str) -> type:
         return swap.root_class(base)
     if kind == "linear":
         return swap.linear_class(base)
+    if kind == "per_step":
+        return swap.per_step_class(base)
     spec = lookup_class(base)
     if kind == "method":
         return swap.method_class(base, spec.methods)

@@ -36,12 +36,20 @@ def walk(net: nn.Module) -> Iterator[tuple[str, nn.Module, Optional[Spec]]]:
             yield path, module, spec
 
 
-def judge(path: str, module: nn.Module, spec: Optional[Spec]) -> Optional[Finding]:
+def judge(path: str, module: nn.Module, spec: Optional[Spec],
+          mode: str = "E") -> Optional[Finding]:
     """The finding for one module, or None where only its operations matter."""
     name = getattr(type(module), "_saf_base", type(module)).__name__
     if spec is None or spec.judge is None:
         return None
     status, reason, fix_hint = spec.judge(module)
+    if (mode == "F" and status == "exact" and spec.neuron is not None
+            and spec.neuron.route(module) == "per step"):
+        status, fix_hint = "unsupported", (
+            "train it with SAF-E; or saf_plugin.fix(net, soft_reset=True) where a soft reset "
+            "gives it the closed form (this changes the model)")
+        reason = (f"SAF-F needs the closed form (the spike representation of a soft-reset "
+                  f"LIF/IF neuron); this neuron runs {reason}")
     return Finding(path, name, status, reason, fix_hint)
 
 
@@ -53,7 +61,7 @@ def check(net: nn.Module, example_input=None, *, mode: str = "E") -> list[Findin
     Never raises on a model it can walk. ``status`` is "exact" or "unsupported".
     """
     load_adapters()
-    findings = [f for f in (judge(p, m, s) for p, m, s in walk(net)) if f is not None]
+    findings = [f for f in (judge(p, m, s, mode) for p, m, s in walk(net)) if f is not None]
     neurons = [(p, m) for p, m, s in walk(net) if s is not None and s.role == "neuron"]
     if not neurons:
         findings.append(Finding("", type(net).__name__, "unsupported",
@@ -99,13 +107,15 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
     return out
 
 
-def fix(net: nn.Module) -> list[Finding]:
-    """Repair what can be repaired, in place, and report each change.
+def fix(net: nn.Module, *, soft_reset: bool = False) -> list[Finding]:
+    """Speed options that change the model, in place; one finding per change.
 
-    Hard reset -> soft reset (the same neuron object; SAF needs the closed form), and, as a
-    speed option, MaxPool -> AvgPool (a new module: hooks on the old one are gone; average
-    pooling is linear, so it runs once on accumulations instead of per step). Parameters are
-    untouched, so an optimizer built before keeps working.
+    MaxPool -> AvgPool (a new module: hooks on the old one are gone; average pooling is
+    linear, so it runs once on accumulations instead of per step), and with ``soft_reset``
+    hard reset -> soft reset (the same neuron object: the closed form instead of the per-step
+    route, and what SAF-F needs). SAF runs every neuron and operation exactly without fix();
+    after it, retrain or fine-tune. Parameters are untouched, so an optimizer built before
+    keeps working.
     """
     from .swap import invalidate_reset_cache, saf_mode
 
@@ -120,8 +130,7 @@ def fix(net: nn.Module) -> list[Finding]:
         if spec is None:
             continue
         if spec.role == "neuron" and spec.neuron is not None and spec.neuron.fix is not None:
-            finding = judge(path, module, spec)
-            if finding is not None and finding.status != "exact":
+            if soft_reset and spec.neuron.route(module) == "per step":
                 note = spec.neuron.fix(module)
                 if note:
                     changes.append(Finding(path, name, "exact", note, ""))

@@ -1,15 +1,21 @@
-"""The SAF neuron as the adapters run it: input current, closed form, real spikes.
+"""The two routes of a SAF neuron: the closed form and the per-step route.
 
-An adapter says how to read a neuron's parameters (:class:`NeuronParams`); the runtime
-(:mod:`saf_plugin.runtime`) hands over the input current as an accumulation Y (with the decay
-it was accumulated with), and the maths is :mod:`saf_plugin.core` (step mode 's') or the scan of
-:mod:`saf_plugin.kernels` (step mode 'm').
+Closed form (:func:`forward`; soft-reset LIF/IF/PLIF, snnTorch ``Leaky``): the runtime
+(:mod:`saf_plugin.runtime`) hands over the input current as an accumulation Y (with the decay it
+was accumulated with) and the neuron fires from Y and its own spike accumulation alone; the maths
+is :mod:`saf_plugin.core` (step mode 's') or the scan of :mod:`saf_plugin.kernels` (step mode 'm').
+An adapter only says how to read the neuron's parameters (:class:`NeuronParams`).
+
+Per step (:func:`per_step`; every other neuron): the input current is de-accumulated,
+I[t] = Y[t] − λ Y[t−1], and the neuron's own one-step function runs on it with its state
+detached (OTTT's rule), so its forward is the library's neuron and the linear maps before it
+still run once per step on accumulations. See docs/theory.md ("Neurons without a closed form").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -137,3 +143,33 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     finally:
         rt.paused -= 1
     return rt.emit(spikes, acc, p.decay)
+
+
+def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
+    """A neuron without a closed form: ``one_step(I)`` (the neuron's own dynamics for one step,
+    its state detached before it runs) on the per-step input current I[t].
+
+    x: [B, ...] in step mode 's', [T, B, ...] in step mode 'm' (one call of ``one_step`` per
+    row). λ is the decay of the trace the weights feeding the neuron see. Returns what
+    ``one_step`` returns (stacked over T in step mode 'm'), tagged as per-step values.
+    """
+    rt.slot(module, dict)  # one call per step (a second call would share the state)
+    rt.paused += 1
+    try:
+        current = rt.neuron_current(x, lam)
+        if rt.step_mode == "s":
+            out = one_step(current)
+        else:
+            out = _stack([one_step(c) for c in current])
+    finally:
+        rt.paused -= 1
+    return rt.emit_steps(out)
+
+
+def _stack(outs: list):
+    first = outs[0]
+    if torch.is_tensor(first):
+        return torch.stack(outs)
+    if isinstance(first, (tuple, list)):
+        return type(first)(_stack([o[i] for o in outs]) for i in range(len(first)))
+    return first

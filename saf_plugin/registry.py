@@ -27,7 +27,10 @@ class NeuronAdapter:
 
     ``saf_class(cls)`` gives the SAF subclass of ``cls``; ``attach(m)`` / ``detach(m)`` add and
     remove the SAF state after the class swap; ``decay(m)`` returns λ (float, or a tensor with
-    grad for a learnable decay); ``is_fresh(m)`` says whether the neuron is in its reset state.
+    grad for a learnable decay); ``is_fresh(m)`` says whether the neuron is in its reset state;
+    ``closed_form(m)`` whether it runs SAF's closed form (else the per-step route of
+    :mod:`saf_plugin.neuron_step`; None: always the closed form); ``fix(m)`` switches it to the
+    closed form where it can (a soft reset).
     """
 
     saf_class: Callable[[type], type]
@@ -38,6 +41,13 @@ class NeuronAdapter:
     fix: Optional[Callable[[nn.Module], str]] = None
     reset_on_shape_change: bool = False
     plain_state: Optional[Callable[[nn.Module], bool]] = None  # holds state from a plain run
+    closed_form: Optional[Callable[[nn.Module], bool]] = None
+    params: Optional[Callable[[nn.Module], object]] = None  # closed form: NeuronParams
+    state: tuple[str, ...] = ()  # a plain module's state attributes (register_neuron)
+
+    def route(self, m: nn.Module) -> str:
+        """"closed form" or "per step"."""
+        return "closed form" if self.closed_form is None or self.closed_form(m) else "per step"
 
 
 @dataclass

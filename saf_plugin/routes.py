@@ -458,6 +458,22 @@ class Routes:
                 out = self._shift(out, shift, lam)
         return self._acc_out(out, lam, site, inputs=(x,))
 
+    def user_per_step(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
+        """A module declared with register_per_step: its forward, once per step, on the
+        per-step values of its arguments (SAF does not look inside)."""
+        flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
+        if not self.active or self.paused or not any(a in self.reps for a in flat):
+            return forward(module, *args, **kwargs)
+
+        def run(*a, **k):
+            self.paused += 1
+            try:
+                return forward(module, *a, **k)
+            finally:
+                self.paused -= 1
+
+        return self._per_step(run, type(module).__name__, args, kwargs)
+
 
 def _pick(func, i):
     def picked(x, *args, **kwargs):

@@ -345,6 +345,29 @@ class Runtime(Routes):
             st.cur_acc = y[-1].detach()
         return y, lam
 
+    def neuron_current(self, x, lam: float):
+        """I[t]: a per-step neuron's input current as per-step values (an accumulation is
+        de-accumulated, a tensor of an earlier step detached). The linear maps that feed it
+        accumulate with its λ from the next step on (in step mode 's'), so their weights see
+        OTTT's trace."""
+        rep = self.reps.get(x) if torch.is_tensor(x) else None
+        if rep is None:
+            return x
+        if rep.fbad:
+            raise self._f_refusal(rep.fbad)
+        if rep.call == self.call and rep.kind in (ACC, SPIKE):
+            for s in rep.sites:
+                s.recv = lam
+        v = self.step_value(x, rep)
+        return v.detach() if rep.call != self.call else v
+
+    def emit_steps(self, out):
+        """Tag the outputs of a per-step neuron (spikes, states) as per-step values."""
+        for o in tree_flatten(out)[0]:
+            if torch.is_tensor(o) and o.is_floating_point():
+                self.reps[o] = Rep(STEP, self.call, self.t, tm=self._tm(o))
+        return out
+
     def emit(self, spikes: Tensor, acc: Tensor, lam: float) -> Tensor:
         """Tag a neuron's real spikes with their accumulation (None: the spikes themselves, as
         at t = 0; a Rep never holds its own key, or the weak table would keep it)."""

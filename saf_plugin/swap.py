@@ -56,6 +56,14 @@ def linear_class(cls: type) -> type:
     return _classes.make("linear", cls, {"forward": forward})
 
 
+def per_step_class(cls: type) -> type:
+    """A module declared with register_per_step: its forward runs once per step, as a whole."""
+    def forward(self, *args, **kwargs):
+        return self._saf_rt.user_per_step(self, cls.forward, args, kwargs)
+
+    return _classes.make("per_step", cls, {"forward": forward})
+
+
 def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
     """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
 
@@ -83,7 +91,7 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.M
         raise SAFIncompatibleError([], header=(
             f"set_saf needs a model that contains neurons, not a bare {type(net).__name__}: "
             "wrap it, e.g. nn.Sequential(layer, neuron), and convert that"))
-    findings = check(net)
+    findings = check(net, mode=mode)
     bad = [f for f in findings if f.status == "unsupported"
            or (strict and f.status == "approximate")]
     if bad:
@@ -110,7 +118,8 @@ def _apply(net: nn.Module, mode: str, strict: bool) -> None:
             continue
         spec = lookup(module)
         if spec is not None and spec.whole and module is not net:
-            module.__class__ = linear_class(type(module))
+            make = linear_class if spec.role == "linear" else per_step_class
+            module.__class__ = make(type(module))
             module._saf_spec = spec
         elif spec is not None and spec.methods and module.__dict__.get("_saf_rt") is None:
             module.__class__ = method_class(type(module), spec.methods)

@@ -7,12 +7,12 @@ something else). Models are in training mode (BatchNorm on batch statistics, dro
 said otherwise.
 
 Neurons: SpikingJelly's zoo and examples default to a hard reset (``LIFNode``/``IFNode``
-``v_reset=0.``), which SAF refuses by design (no closed form; issue 9 keeps it refused). The zoo
-constructors take the neuron class and its keyword arguments (``spiking_neuron=neuron.LIFNode,
-v_reset=None``), which is how they are meant to be configured, so the zoo models here are built
-with soft-reset neurons. The conv_fashion_mnist CSNN has no such argument: it is used as it is
-(hard reset: refusal naming the reset is acceptable) and, separately, with its neurons' ``v_reset``
-set to None (the only change).
+``v_reset=0.``), which SAF runs per step (SAF-E; SAF-F needs the closed form of a soft reset and
+refuses it). The zoo constructors take the neuron class and its keyword arguments
+(``spiking_neuron=neuron.LIFNode, v_reset=None``), which is how they are meant to be configured:
+the zoo models here are built with soft-reset neurons (the closed form) and, for a few, with the
+defaults (hard reset). The conv_fashion_mnist CSNN has no such argument: it is used as it is
+(hard reset) and, separately, with its neurons' ``v_reset`` set to None (the only change).
 """
 
 from __future__ import annotations
@@ -52,22 +52,28 @@ def _events(c: int, h: int, seed: int = 0) -> torch.Tensor:
 
 
 SOFT = dict(spiking_neuron=neuron.LIFNode, v_reset=None)  # the zoo's own neuron arguments
+HARD = dict(spiking_neuron=neuron.LIFNode)  # LIFNode's defaults: hard reset to 0
 
 # --------------------------------------------------------------------------- SpikingJelly 2.0 zoo
 
 
-def spiking_resnet18(step_mode):
+def spiking_resnet18(step_mode, neuron_kw=SOFT):
     from spikingjelly.activation_based.model import spiking_resnet
 
-    return _ready(spiking_resnet.spiking_resnet18(num_classes=10, **SOFT), _images(3, 16), step_mode)
+    return _ready(spiking_resnet.spiking_resnet18(num_classes=10, **neuron_kw), _images(3, 16),
+                  step_mode)
 
 
-def sew_resnet18(cnf):
+def spiking_resnet18_hard(step_mode):
+    return spiking_resnet18(step_mode, HARD)
+
+
+def sew_resnet18(cnf, neuron_kw=SOFT):
     def build(step_mode):
         from spikingjelly.activation_based.model import sew_resnet
 
-        return _ready(sew_resnet.sew_resnet18(num_classes=10, cnf=cnf, **SOFT), _images(3, 16),
-                      step_mode)
+        return _ready(sew_resnet.sew_resnet18(num_classes=10, cnf=cnf, **neuron_kw),
+                      _images(3, 16), step_mode)
     return build
 
 
@@ -98,12 +104,13 @@ def spikformer(step_mode):
     return _ready(net, _images(3, 16), step_mode)
 
 
-def plif_net(cls_name, in_c, size, channels=4):
+def plif_net(cls_name, in_c, size, channels=4, hard=False):
     def build(step_mode):
         from spikingjelly.activation_based.model import parametric_lif_net
 
         cls = getattr(parametric_lif_net, cls_name)
-        net = cls(channels=channels, spiking_neuron=neuron.ParametricLIFNode, v_reset=None)
+        kw = {} if hard else dict(v_reset=None)
+        net = cls(channels=channels, spiking_neuron=neuron.ParametricLIFNode, **kw)
         return _ready(net, _images(in_c, size), step_mode)
     return build
 
@@ -346,12 +353,16 @@ def tutorial7_class(step_mode):
 NONLIN = r"(?i)max_?pool|batch_?norm|BatchNorm"
 SEW = r"(?i)max_?pool|batch_?norm|\bmul\b|\*|and"
 ATTN = r"(?i)max_?pool|batch_?norm|matmul|@|\bmul\b|attention"
-HARD_RESET = r"(?i)reset"
+PER_STEP_NEURON = r"(?i)closed form"  # SAF-F refuses a neuron that runs per step
 L05 = 0.5  # λ of LIF τ 2 and of ParametricLIF at init_tau 2
 
 ZOO = [
     Case("sj_spiking_resnet18", spiking_resnet18, refuse_f=NONLIN, f_decay=L05),
+    Case("sj_spiking_resnet18_hard_reset", spiking_resnet18_hard, refuse_f=PER_STEP_NEURON,
+         f_decay=L05),
     Case("sj_sew_resnet18_ADD", sew_resnet18("ADD"), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_sew_resnet18_ADD_hard_reset", sew_resnet18("ADD", HARD), refuse_f=PER_STEP_NEURON,
+         f_decay=L05),
     Case("sj_sew_resnet18_AND", sew_resnet18("AND"), refuse_f=SEW, f_decay=L05),
     Case("sj_sew_resnet18_IAND", sew_resnet18("IAND"), refuse_f=SEW, f_decay=L05),
     Case("sj_ms_resnet18", ms_resnet18, step_modes=("m",)),  # forward returns head(x).mean(0)
@@ -360,6 +371,8 @@ ZOO = [
     Case("sj_spiking_vgg11_bn", spiking_vgg11_bn),
     Case("sj_spikformer", spikformer, step_modes=("m",), refuse_f=ATTN, f_decay=L05),
     Case("sj_plif_MNISTNet", plif_net("MNISTNet", 1, 28), refuse_f=NONLIN, f_decay=L05),
+    Case("sj_plif_MNISTNet_hard_reset", plif_net("MNISTNet", 1, 28, hard=True),
+         refuse_f=PER_STEP_NEURON, f_decay=L05),
     Case("sj_plif_NMNISTNet", plif_net("NMNISTNet", 2, 34), refuse_f=NONLIN, f_decay=L05),
     Case("sj_plif_CIFAR10Net", plif_net("CIFAR10Net", 3, 32), refuse_f=NONLIN, f_decay=L05),
     Case("sj_plif_CIFAR10DVSNet", plif_net("CIFAR10DVSNet", 2, 128), refuse_f=NONLIN,
@@ -367,8 +380,7 @@ ZOO = [
     Case("sj_example_dvsgesture", dvs_gesture_net, refuse_f=NONLIN, f_decay=L05),
     # conv_fashion_mnist's CSNN repeats a static image inside forward and returns the firing
     # rate (mean over t): step mode 'm' only, no per-step output for SAF-F
-    Case("sj_example_csnn_as_is", csnn(False), step_modes=("m",), whole=True,
-         refuse=HARD_RESET),
+    Case("sj_example_csnn_as_is", csnn(False), step_modes=("m",), whole=True),
     Case("sj_example_csnn_soft_reset", csnn(True), step_modes=("m",), whole=True),
     Case("snn_tutorial5_class", tutorial5_class, step_modes=("s",), whole=True),
     Case("snn_tutorial5_sequential", tutorial5_sequential, step_modes=("s",)),
@@ -623,11 +635,11 @@ WHY = [
          f_decay=L05),
     Case("why_torch_dropout_per_step", sj(torch_dropout, (12,)), refuse_f=PER_STEP_F,
          f_decay=L05),
-    # refusal allowed: recurrent containers and hard reset (issue 9, "What to build" 4 and 5)
+    # recurrence and hard reset run per step: SAF-E exact, SAF-F refused
     Case("why_linear_recurrent_container", sj(linear_recurrent, (12,)),
-         refuse=r"(?i)recurrent", f_decay=L05),
+         refuse_f=r"(?i)recurrent|per.step|closed form", f_decay=L05),
     Case("why_elementwise_recurrent_container", sj(elementwise_recurrent, (12,)),
-         refuse=r"(?i)recurrent", f_decay=L05),
-    Case("why_snntorch_rleaky", snn_rleaky, step_modes=("s",), refuse=r"(?i)RLeaky|recurrent"),
-    Case("why_hard_reset", sj(hard_reset, (12,)), refuse=r"(?i)reset", f_decay=L05),
+         refuse_f=r"(?i)recurrent|per.step|closed form", f_decay=L05),
+    Case("why_snntorch_rleaky", snn_rleaky, step_modes=("s",)),
+    Case("why_hard_reset", sj(hard_reset, (12,)), refuse_f=PER_STEP_NEURON, f_decay=L05),
 ]

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-from spikingjelly.activation_based import functional, layer, neuron
+from spikingjelly.activation_based import base, functional, layer, neuron
 from torch import nn
 
 import saf_plugin
@@ -127,11 +127,24 @@ def test_check_reports_neurons_and_with_an_input_every_operation(float64):
     assert saf_plugin.saf_mode(net) is None, "check leaves the model as it was"
 
 
+class _Memory(base.MemoryModule):
+    """A stateful module that is not a neuron (no BaseNode): SAF does not know its dynamics."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_memory("m", 0.0)
+
+    def forward(self, x):
+        self.m = self.m + x
+        return self.m
+
+
 def refusal_models():
+    """(model, path, hint, mode): refused at set_saf."""
     return {
-        "hard_reset": (nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(), layer.Linear(4, 2)),
-                       "1", "unsupported", "v_reset=None"),
-        "unknown_neuron": (_with(neuron.EIFNode(), 3), "3", "unsupported", "EIFNode"),
+        "hard_reset_saf_f": (nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(),
+                                           layer.Linear(4, 2)), "1", "closed form", "F"),
+        "unknown_memory_module": (_with(_Memory(), 3), "3", "register_neuron", "E"),
     }
 
 
@@ -143,19 +156,19 @@ def _with(module, at=2):
 
 @pytest.mark.parametrize("case", list(refusal_models()))
 def test_refusals_name_path_cause_and_fix_and_leave_the_model_untouched(float64, case):
-    net, path, status, hint = refusal_models()[case]
+    net, path, hint, mode = refusal_models()[case]
     net.train()
-    finding = next(f for f in saf_plugin.check(net) if f.path == path)
-    assert finding.status == status and finding.reason and finding.fix
+    finding = next(f for f in saf_plugin.check(net, mode=mode) if f.path == path)
+    assert finding.status == "unsupported" and finding.reason and finding.fix
     before = fingerprint(net)
     with pytest.raises(SAFIncompatibleError) as err:
-        saf_plugin.set_saf(net, "E")
+        saf_plugin.set_saf(net, mode)
     msg = str(err.value)
     assert f"\n  {path} (" in msg and hint in msg and "nothing was changed" in msg
     assert [f.path for f in err.value.findings] == [path]
     assert_same(fingerprint(net), before)
     with pytest.raises(SAFIncompatibleError):
-        saf_plugin.set_saf(net, "E", strict=False)
+        saf_plugin.set_saf(net, mode, strict=False)
     assert_same(fingerprint(net), before)
 
 
@@ -225,21 +238,25 @@ def test_batchnorm_switched_to_train_after_set_saf_stays_exact(float64):
     torch.testing.assert_close(out, M.run(net, x, "s"), rtol=0, atol=1e-12)
 
 
-def test_subclass_overriding_dynamics_is_not_silently_covered(float64):
+def test_subclass_overriding_dynamics_runs_per_step_not_the_closed_form(float64):
     class MyLIF(neuron.LIFNode):
         def single_step_functional_forward(self, inputs, states, **kw):
             return super().single_step_functional_forward(inputs, states, **kw)
 
     net = nn.Sequential(layer.Linear(4, 4), MyLIF(v_reset=None))
-    assert saf_plugin.check(net)[1].status == "unsupported"
+    finding = saf_plugin.check(net)[0]
+    assert finding.status == "exact" and finding.reason.startswith("per step"), finding.line()
+    assert saf_plugin.check(net, mode="F")[0].status == "unsupported"
 
 
 def test_fix_repairs_maxpool_and_hard_reset(float64):
     net = nn.Sequential(layer.Conv2d(2, 4, 3, padding=1), neuron.LIFNode(tau=2.0),
                         layer.MaxPool2d(2), layer.Flatten(), layer.Linear(16, 2))
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
-    changes = saf_plugin.fix(net)
-    assert {c.path for c in changes} == {"1", "2"}
+    assert {c.path for c in saf_plugin.fix(net)} == {"2"}, "the reset changes only on request"
+    assert net[1].v_reset == 0.0
+    changes = saf_plugin.fix(net, soft_reset=True)
+    assert {c.path for c in changes} == {"1"}
     assert isinstance(net[2], layer.AvgPool2d) and net[2].kernel_size == 2
     assert net[1].v_reset is None
     assert [p for g in opt.param_groups for p in g["params"]] == list(net.parameters())

@@ -90,9 +90,9 @@ import snntorch as snn
 import torch
 from torch import Tensor, nn
 
-from .. import _classes, core
+from .. import _classes, core, neuron_step
 from ..errors import SAFStateError
-from ..registry import NeuronAdapter, Spec, register
+from ..registry import NeuronAdapter, Spec, lookup, register
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
@@ -115,8 +115,19 @@ def _beta(m: nn.Module) -> Tensor:
 
 
 def decay(m: nn.Module) -> float:
-    """λ = clamp(β, 0, 1) of a ``Leaky`` (one value per layer)."""
-    return float(_beta(m).detach())
+    """λ of a neuron: clamp(β, 0, 1) (``Leaky``, ``RLeaky``), clamp(α, 0, 1) (the synaptic
+    current's decay: ``Synaptic``, ``RSynaptic``, ``Alpha``), 1 − Δt/(RC) (``Lapicque``), else
+    1; the mean of a per-neuron value. For a per-step neuron it is the decay of the trace its
+    input weights see."""
+    if isinstance(m, (snn.Synaptic, snn.RSynaptic, snn.Alpha)):
+        value = m.alpha.clamp(0, 1)
+    elif isinstance(m, snn.Lapicque):
+        value = 1 - m.time_step / (m.R * m.C)
+    elif hasattr(m, "beta") and torch.is_tensor(m.beta):
+        value = _beta(m)
+    else:
+        return 1.0
+    return float(torch.as_tensor(value).detach().double().mean())
 
 
 def _graded_is_one(m: nn.Module) -> bool:
@@ -130,11 +141,9 @@ def _forward(self, input_, mem=None):
         self.mem = mem
     if self.init_hidden and mem is not None:
         raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
-    rt = self.__dict__.get("_saf_rt")
-    if rt is None or not rt.active:
-        raise SAFStateError(
-            f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
-            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    rt = _runtime(self)
+    if not self.__dict__["_saf_closed"]:
+        return _per_step_forward(self, input_, mem)
     last = rt.states.get(id(self))
     if mem is not None and last is not None and mem is last.mem_out:
         self.mem = self._saf_mem_ref  # the membrane this neuron returned last step
@@ -169,6 +178,43 @@ def _forward(self, input_, mem=None):
     if self.output or not self.init_hidden:
         return spk, mem_new
     return spk
+
+
+def _runtime(m: nn.Module):
+    rt = m.__dict__.get("_saf_rt")
+    if rt is None or not rt.active:
+        raise SAFStateError(
+            f"{m._saf_path}: a neuron of a SAF model was called on its own; call the model "
+            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    return rt
+
+
+_STATES = ("mem", "syn", "spk", "syn_exc", "syn_inh")  # snnTorch's hidden-state buffers
+
+
+def _detach_states(m: nn.Module) -> None:
+    for name in _STATES:
+        value = getattr(m, name, None)
+        if torch.is_tensor(value) and value.requires_grad:
+            setattr(m, name, value.detach())
+
+
+def _per_step_forward(self, input_, *args, **kwargs):
+    """The per-step route: snnTorch's own forward, once per step, on the de-accumulated input
+    current, with the neuron's state (its buffers and the states passed in) detached."""
+    rt = _runtime(self)
+    forward = type(self)._saf_base.forward
+
+    def one_step(current):
+        _detach_states(self)
+        a = [x.detach() if torch.is_tensor(x) else x for x in args]
+        kw = {k: x.detach() if torch.is_tensor(x) else x for k, x in kwargs.items()}
+        return forward(self, current, *a, **kw)
+
+    out = neuron_step.per_step(rt, self, input_, self._saf_spec.neuron.decay(self), one_step)
+    _detach_states(self)  # the returned states keep their graph; the module holds none
+    self._saf_mem_ref = self.mem
+    return out
 
 
 def _reset_mem(self):
@@ -242,11 +288,12 @@ def saf_class(cls: type) -> type:
     return _classes.make("neuron", cls, {"forward": _forward, "reset_mem": _reset_mem})
 
 
-_ATTRS = ("_saf_mem_ref",)
+_ATTRS = ("_saf_mem_ref", "_saf_closed")
 
 
 def attach(m: nn.Module) -> None:
     m._saf_mem_ref = None
+    m.__dict__["_saf_closed"] = closed_form(m)
 
 
 def detach(m: nn.Module) -> None:
@@ -259,34 +306,43 @@ def is_fresh(m: nn.Module) -> bool:
     return ref is None or m.mem is not ref
 
 
-def judge_leaky(m: nn.Module):
-    kind = int(m.reset_mechanism_val)
-    if kind == _ZERO:
-        return ("unsupported",
-                "reset_mechanism='zero' (hard reset) has no closed form in accumulations",
-                "saf_plugin.fix(net) switches it to reset_mechanism='subtract'; this changes the "
-                "model, so retrain or fine-tune")
+def _no_closed_form(m: nn.Module) -> str:
+    """Why a ``Leaky`` has no closed form ("" if it has one)."""
+    if int(m.reset_mechanism_val) == _ZERO:
+        return "reset_mechanism='zero' (hard reset)"
     if m.inhibition:
-        return ("unsupported", "inhibition=True couples neurons through an argmax at every step",
-                "use inhibition=False")
+        return "inhibition=True (an argmax over the layer at every step)"
     if m.state_quant:
-        return ("unsupported", "state_quant quantizes the membrane, which is not linear in the "
-                "accumulations", "use state_quant=False (quantize after training)")
+        return "state_quant (a quantized membrane)"
     if m.beta.numel() != 1:
-        return ("unsupported", f"per-neuron beta (shape {tuple(m.beta.shape)}): saf-plugin supports "
-                "one decay per layer", "use a scalar beta (learn_beta=True learns one per layer)")
+        return f"a per-neuron beta (shape {tuple(m.beta.shape)})"
     if m.threshold.numel() != 1:
-        return ("unsupported", f"per-neuron threshold (shape {tuple(m.threshold.shape)})",
-                "use a scalar threshold (learn_threshold=True learns one per layer)")
+        return f"a per-neuron threshold (shape {tuple(m.threshold.shape)})"
     if float(m.threshold.detach()) <= 0:
-        return ("unsupported", "threshold <= 0: snnTorch resets at t = 0 already",
-                "use a positive threshold")
-    return ("exact", "snnTorch Leaky: SAF forward equals its spikes and membrane", "")
+        return "threshold <= 0 (snnTorch resets at t = 0 already)"
+    return ""
+
+
+def closed_form(m: nn.Module) -> bool:
+    return isinstance(m, snn.Leaky) and lookup(m) is LEAKY and not _no_closed_form(m)
+
+
+def judge_leaky(m: nn.Module):
+    why = _no_closed_form(m)
+    if not why:
+        return ("exact", "closed form: spikes and membrane from accumulations", "")
+    return ("exact", f"per step: {why}; its input current is de-accumulated and snnTorch's own "
+            "step runs with the state detached (SAF-E only)", "")
+
+
+def judge_per_step(m: nn.Module):
+    return ("exact", f"per step: snntorch.{type(m).__name__}'s own step on the de-accumulated "
+            "input current, its state detached (SAF-E only)", "")
 
 
 def fix_leaky(m: nn.Module) -> str:
     """reset_mechanism 'zero' -> 'subtract', on the same object (``state_function`` too)."""
-    if int(m.reset_mechanism_val) != _ZERO:
+    if not isinstance(m, snn.Leaky) or int(m.reset_mechanism_val) != _ZERO:
         return ""
     m.reset_mechanism = "subtract"
     m.state_function = m._base_sub
@@ -294,9 +350,20 @@ def fix_leaky(m: nn.Module) -> str:
 
 
 ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True)
-register(snn.Leaky, Spec("neuron", judge=judge_leaky, neuron=ADAPTER, dynamics=(
-    "forward", "fire", "mem_reset", "_base_state_function", "_base_sub", "_base_int")))
+                        is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True,
+                        closed_form=closed_form)
+LEAKY = Spec("neuron", judge=judge_leaky, neuron=ADAPTER, dynamics=(
+    "forward", "fire", "mem_reset", "_base_state_function", "_base_sub", "_base_int"))
+register(snn.Leaky, LEAKY)
+
+
+def per_step_class(cls: type) -> type:
+    return _classes.make("neuron", cls, {"forward": _per_step_forward, "reset_mem": _reset_mem})
+
+
+PER_STEP = NeuronAdapter(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
+                         is_fresh=is_fresh, reset_on_shape_change=True,
+                         closed_form=lambda m: False)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -313,18 +380,12 @@ _REFUSED = {
     "LeakyParallel": (_SEQUENCE, "use snn.Leaky driven step by step"),
     "AssociativeLeaky": (_SEQUENCE + " with associative state", "use snn.Leaky"),
     "DeltaLeaky": ("a Leaky that transmits membrane deltas, not spikes", "use snn.Leaky"),
-    "Synaptic": ("a second-order (synaptic current) neuron: SAF is derived for first-order LIF",
-                 "use snn.Leaky"),
-    "Alpha": ("an alpha-kernel neuron (two state variables): SAF is derived for first-order LIF",
-              "use snn.Leaky"),
-    "RLeaky": ("a recurrent neuron: the recurrent weight acts on spikes, not accumulations",
-               "use snn.Leaky"),
-    "RSynaptic": ("a recurrent second-order neuron", "use snn.Leaky"),
-    "Lapicque": ("a Lapicque (RC) neuron: not supported by saf-plugin", "use snn.Leaky"),
     "SLSTM": ("a spiking LSTM: its gates are nonlinear in the input", "use snn.Leaky"),
     "SConv2dLSTM": ("a spiking conv-LSTM: its gates are nonlinear in the input",
                     "use nn.Conv2d followed by snn.Leaky"),
 }
+for _name in ("Synaptic", "Alpha", "Lapicque", "RLeaky", "RSynaptic"):
+    register(getattr(snn, _name), Spec("neuron", judge=judge_per_step, neuron=PER_STEP))
 for _name, (_reason, _fix) in _REFUSED.items():
     _cls = getattr(snn, _name, None)
     if _cls is not None:

@@ -24,18 +24,29 @@ from torch import nn
 from .. import _classes, neuron_step
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams
-from ..registry import NeuronAdapter, Spec, register
+from ..registry import NeuronAdapter, Spec, lookup, register
 from . import torch_nn
 
 
 
 def decay(m: nn.Module):
-    """λ of a SpikingJelly neuron: 1 − 1/τ (LIF), 1 (IF), 1 − sigmoid(w) (ParametricLIF)."""
+    """λ of a SpikingJelly neuron: 1 − sigmoid(w) (ParametricLIF), 1 − 1/τ (a neuron with a time
+    constant ``tau``), ``c_decay`` (CUBALIF: its input current's decay), else 1 (IF-like).
+    For a per-step neuron it is the decay of the trace its input weights see."""
     if isinstance(m, neuron.ParametricLIFNode):
         return 1.0 - m.w.sigmoid()
     if isinstance(m, neuron.IFNode):
         return 1.0
-    return 1.0 - 1.0 / m.tau
+    if isinstance(m, RECURRENT):  # the decay of the neuron inside
+        inner = m.sub_module
+        return decay(inner) if isinstance(inner, neuron.BaseNode) else 1.0
+    tau = getattr(m, "tau", None)
+    if isinstance(tau, (int, float)) and tau > 0:
+        return 1.0 - 1.0 / tau
+    c_decay = getattr(m, "c_decay", None)
+    if isinstance(c_decay, (int, float)):
+        return float(c_decay)
+    return 1.0
 
 
 def params(m: nn.Module) -> NeuronParams:
@@ -51,6 +62,27 @@ def params(m: nn.Module) -> NeuronParams:
 
 
 _FIRED = torch.zeros(())  # the 'saf_acc' memory after a step; reset_net restores 0.
+_CLOSED = tuple(getattr(neuron, name) for name in (
+    "LIFNode", "IFNode", "ParametricLIFNode", "OTTTLIFNode", "SLTTLIFNode") if hasattr(neuron, name))
+
+
+def closed_form(m: nn.Module) -> bool:
+    """Soft-reset LIF/IF/ParametricLIF (OTTT/SLTT) whose dynamics are the library's own, or a
+    neuron registered with its LIF parameters."""
+    spec = lookup(m)
+    if spec is None or spec.neuron is None:
+        return False
+    if spec.neuron is ADAPTER:
+        return getattr(m, "v_reset", 0) is None
+    return spec.neuron is not PER_STEP and spec.neuron.route(m) == "closed form"
+
+
+def _detach_memories(m: nn.Module) -> None:
+    """Detach the state of ``m`` (and of the modules inside it: a recurrent container's)."""
+    for mod in m.modules():
+        for name, value in getattr(mod, "_memories", {}).items():
+            if torch.is_tensor(value) and value.requires_grad:
+                mod._memories[name] = value.detach()
 
 
 def _forward(self, x, *args, **kwargs):
@@ -59,7 +91,24 @@ def _forward(self, x, *args, **kwargs):
         raise SAFStateError(
             f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
             "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
-    out = neuron_step.forward(rt, self, x, params(self))
+    adapter = self._saf_spec.neuron
+    if self.__dict__["_saf_closed"]:
+        out = neuron_step.forward(rt, self, x, adapter.params(self))
+    else:
+        step = type(self)._saf_base.single_step_forward
+
+        def one_step(current):
+            _detach_memories(self)  # OTTT's rule: the state's history is a constant
+            return step(self, current, *args, **kwargs)
+
+        lam = adapter.decay(self)
+        lam = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+        self._memories.pop("saf_acc")  # the module's own step sees only its own memories
+        try:
+            out = neuron_step.per_step(rt, self, x, lam, one_step)
+        finally:
+            self._memories["saf_acc"] = _FIRED
+        _detach_memories(self)  # (and the module holds no graph: deepcopy, pickling)
     self._memories["saf_acc"] = _FIRED
     return out
 
@@ -71,6 +120,7 @@ def saf_class(cls: type) -> type:
 
 def attach(m: nn.Module) -> None:
     m.register_memory("saf_acc", 0.0)
+    m.__dict__["_saf_closed"] = closed_form(m)
 
 
 def detach(m: nn.Module) -> None:
@@ -83,44 +133,59 @@ def is_fresh(m: nn.Module) -> bool:
 
 
 def judge_neuron(m: nn.Module):
-    if m.v_reset is not None:
-        return ("unsupported",
-                f"hard reset (v_reset={m.v_reset}) has no closed form in accumulations",
-                "saf_plugin.fix(net) switches it to soft reset (v_reset=None); this changes "
-                "the model, so retrain or fine-tune")
-    return ("exact", "soft-reset neuron: SAF forward equals its spikes", "")
+    if closed_form(m):
+        return ("exact", "closed form: soft-reset neuron, spikes from accumulations", "")
+    if isinstance(m, RECURRENT):
+        why = "a recurrent container (its weights and neuron inside run on per-step values)"
+    elif m.v_reset is not None:
+        why = f"hard reset (v_reset={m.v_reset})"
+    else:
+        why = "its own dynamics"
+    return ("exact", f"per step: {why}; its input current is de-accumulated and its own step "
+            "runs with the state detached (SAF-E only)", "")
 
 
 def fix_neuron(m: nn.Module) -> str:
+    """Hard reset -> soft reset (LIF/IF/ParametricLIF): the faster closed form."""
+    if getattr(m, "v_reset", None) is None or not isinstance(m, _CLOSED):
+        return ""
     old = m.v_reset
     m.v_reset = None
-    return f"hard reset (v_reset={old}) -> soft reset (v_reset=None)"
+    return f"hard reset (v_reset={old}) -> soft reset (v_reset=None): the closed form"
 
 
 def plain_state(m: nn.Module) -> bool:
     """The membrane holds a state from a run before set_saf (no reset_net since)."""
-    return torch.is_tensor(m._memories.get("v"))
+    return closed_form(m) and torch.is_tensor(m._memories.get("v"))
 
 
 ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state)
+                        is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
+                        closed_form=closed_form, params=params)
+PER_STEP = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                         is_fresh=is_fresh, closed_form=closed_form)
 _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
              "single_step_forward", "multi_step_forward", "forward", "neuronal_charge",
              "neuronal_fire", "neuronal_reset")
-NEURONS = tuple(getattr(neuron, name) for name in (
-    "LIFNode", "IFNode", "ParametricLIFNode", "OTTTLIFNode", "SLTTLIFNode") if hasattr(neuron, name))
+NEURONS = _CLOSED
 
 for _cls in NEURONS:
     register(_cls, Spec("neuron", judge=judge_neuron, neuron=ADAPTER, dynamics=_DYNAMICS))
+# Every other neuron (any BaseNode subclass, a user's included) runs its own step per step.
+register(neuron.BaseNode, Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=()))
+RECURRENT = tuple(getattr(layer, name) for name in (
+    "LinearRecurrentContainer", "ElementWiseRecurrentContainer") if hasattr(layer, name))
+for _cls in RECURRENT:
+    register(_cls, Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=()))
 
 
 def judge_unknown_state(m: nn.Module):
     name = type(m).__name__
     return ("unsupported",
-            f"{name} is a stateful SpikingJelly module (neuron or memory) whose dynamics SAF "
-            "does not know; SAF is exact only for soft-reset LIF/IF/ParametricLIF neurons "
-            "(including OTTT/SLTT) and a subclass that overrides their dynamics is not covered",
-            "use neuron.LIFNode / IFNode / ParametricLIFNode with v_reset=None")
+            f"{name} is a stateful SpikingJelly module (a memory module that is not a neuron, "
+            "BaseNode) whose dynamics SAF does not know",
+            f"if it is a neuron, declare it: saf_plugin.register_neuron({name}, decay=...) "
+            "(docs/extending.md)")
 
 
 register(base.MemoryModule, Spec("stateful", judge=judge_unknown_state, dynamics=()))
