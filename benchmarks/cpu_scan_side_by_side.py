@@ -9,19 +9,21 @@ medians of per-repeat (paired) ratios.
 import sys, os, time, torch, warnings, statistics, json
 warnings.filterwarnings("ignore")
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-from saf_plugin import benchmark as B
+from saf_plugin.bench.measure import machine, make_inputs
+from saf_plugin.bench.models import VGG
+from saf_plugin.bench.variants import make_runner, variant
 Ts = [int(v) for v in sys.argv[1].split(",")]; R = int(sys.argv[2])
 torch.manual_seed(0)
-base = B.VGG(1)
-inputs = {T: B._inputs([3,32,32], 16, T, torch.device("cpu")) for T in Ts}
+base = VGG(1)
+inputs = {T: make_inputs([3,32,32], 16, T, torch.device("cpu")) for T in Ts}
 def no_cpu(run):
     def f(x, y):
         os.environ["SAF_PLUGIN_NO_CPU_SCAN"] = "1"
         try: run(x, y)
         finally: del os.environ["SAF_PLUGIN_NO_CPU_SCAN"]
     return f
-runs = {m: B.make_runner(m, B.variant(base, m)) for m in ("bptt", "ottt", "saf_e_online", "saf_e_multi", "saf_f")}
-runs["saf_e_multi_torchscan"] = no_cpu(B.make_runner("saf_e_multi", B.variant(base, "saf_e_multi")))
+runs = {m: make_runner(m, variant(base, m)) for m in ("bptt", "ottt", "saf_e_online", "saf_e_multi", "saf_f")}
+runs["saf_e_multi_torchscan"] = no_cpu(make_runner("saf_e_multi", variant(base, "saf_e_multi")))
 wall = {(m, T): [] for m in runs for T in Ts}; cpu = {(m, T): [] for m in runs for T in Ts}
 for r in range(R + 1):
     for T in Ts:
@@ -30,7 +32,7 @@ for r in range(R + 1):
             c1 = time.process_time(); t1 = time.perf_counter()
             if r: wall[(m, T)].append(t1 - t0); cpu[(m, T)].append(c1 - c0)
     print("repeat", r, file=sys.stderr, flush=True)
-out = {"machine": B.machine(), "repeats": R, "warmup": 1, "batch": 16, "net": "OTTT VGG, full width",
+out = {"machine": machine(), "repeats": R, "warmup": 1, "batch": 16, "net": "OTTT VGG, full width",
        "rows": []}
 for T in Ts:
     for m in runs:

@@ -12,8 +12,6 @@ Exit codes: 0 fine, 1 the model is not exact under SAF (check) or a method faile
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -27,23 +25,12 @@ class CLIError(Exception):
 
 def load_factory(spec: str) -> Callable:
     """Import ``MODULE:CALLABLE`` (CALLABLE may be dotted) and return the callable."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise CLIError(f"expected MODULE:CALLABLE (e.g. mypkg.models:make_net), got {spec!r}")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    from .bench.factory import FactoryError, load_factory as load
+
     try:
-        obj = importlib.import_module(module_name)
-    except Exception as e:  # ImportError, or anything the module raises at import time
-        raise CLIError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise CLIError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise CLIError(f"{spec} is not callable")
-    return obj
+        return load(spec)
+    except FactoryError as e:
+        raise CLIError(str(e)) from None
 
 
 def build_model(spec: str):
@@ -90,7 +77,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import benchmark
+    from .bench.main import main as bench_main
 
     build_model(args.model)  # fail early, in one line
     argv = ["--model", args.model, "--input-shape", args.input_shape, "--T", args.T,
@@ -111,12 +98,12 @@ def cmd_bench(args) -> int:
         argv.append("--fix")
     if args.quiet:
         argv.append("--quiet")
-    result = benchmark.main(argv)
+    result = bench_main(argv)
     return 1 if result.get("errors") else 0
 
 
 def parser() -> argparse.ArgumentParser:
-    from .benchmark import METHODS, SNNTORCH_METHODS, methods_help
+    from .bench.methods import METHODS, SNNTORCH_METHODS, methods_help
 
     p = argparse.ArgumentParser(prog="saf", description="Spike Accumulation Forwarding tools: "
                                 "check a model for SAF, benchmark it against BPTT/OTTT/SLTT.")
@@ -162,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _validate_bench(args) -> None:
-    from .benchmark import METHODS
+    from .bench.methods import METHODS
 
     for name, text in (("--input-shape", args.input_shape), ("--T", args.T)):
         try:
@@ -183,7 +170,12 @@ def _validate_bench(args) -> None:
 def main(argv: Optional[list[str]] = None) -> int:
     import warnings
 
-    warnings.filterwarnings("ignore", message="Triton not available")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Triton not available")
+        return _main(argv)
+
+
+def _main(argv: Optional[list[str]]) -> int:
     p = parser()
     args = p.parse_args(argv)
     if args.command is None:
@@ -197,7 +189,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CLIError as e:
         print(f"saf: error: {e}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

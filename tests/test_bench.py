@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -11,7 +13,11 @@ import torch
 warnings.filterwarnings("ignore", message="Triton not available")
 pytest.importorskip("spikingjelly.activation_based")
 
-from saf_plugin import benchmark  # noqa: E402
+from saf_plugin.bench.main import main as bench_main  # noqa: E402
+from saf_plugin.bench.measure import make_inputs  # noqa: E402
+from saf_plugin.bench.methods import METHODS, SNNTORCH_METHODS  # noqa: E402
+from saf_plugin.bench.models import VGG, snntorch_csnn  # noqa: E402
+from saf_plugin.bench.variants import variant  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
@@ -29,15 +35,15 @@ def test_bench_main_tiny_vgg_all_methods(tmp_path):
         "--T", "2,3", "--repeats", "1", "--warmup", "0", "--no-memory", "--name", "tiny",
         "--results-dir", str(tmp_path), "--plot-dir", str(tmp_path / "plots")])
     assert not result["errors"], result["errors"]
-    assert {r["method"] for r in result["rows"]} == set(benchmark.METHODS)
+    assert {r["method"] for r in result["rows"]} == set(METHODS)
     saved = json.loads((tmp_path / "tiny.json").read_text())
-    assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(benchmark.METHODS)
+    assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(METHODS)
     assert saved["ratios"][0]["saf_e_online/ottt time"] > 0
     assert (tmp_path / "tiny.csv").exists() and (tmp_path / "plots" / "tiny_time.png").exists()
 
 
 def test_bench_fresh_process_memory(tmp_path):
-    result = benchmark.main([
+    result = bench_main([
         "--net", "mlp", "--hidden", "8", "--input-shape", "6", "--batch", "2", "--T", "2",
         "--methods", "saf_e_online", "--repeats", "1", "--warmup", "0", "--name", "mem",
         "--results-dir", str(tmp_path), "--no-plot"])
@@ -49,7 +55,7 @@ def test_bench_fresh_process_memory(tmp_path):
 def test_ottt_variant_is_spikingjelly_ottt():
     from spikingjelly.activation_based import layer, neuron
 
-    net = benchmark.variant(benchmark.VGG(width_div=32), "ottt")
+    net = variant(VGG(width_div=32), "ottt")
     assert isinstance(net.features, layer.OTTTSequential)
     assert all(not isinstance(m, neuron.LIFNode) or isinstance(m, neuron.OTTTLIFNode)
                for m in net.modules())
@@ -61,7 +67,7 @@ def test_snntorch_methods_tiny(tmp_path, capsys):
         "--net", "snntorch6", "--batch", "2", "--T", "2", "--repeats", "1", "--warmup", "1",
         "--no-memory", "--name", "sn", "--results-dir", str(tmp_path), "--no-plot"])
     assert not result["errors"], result["errors"]
-    assert [r["method"] for r in result["rows"]] == list(benchmark.SNNTORCH_METHODS)
+    assert [r["method"] for r in result["rows"]] == list(SNNTORCH_METHODS)
     assert result["config"]["library"] == "snntorch"
     err = capsys.readouterr().err
     assert "[1/6] warm-up T=2 bptt" in err and "repeat 1/1 T=2 saf_f" in err  # progress
@@ -70,11 +76,11 @@ def test_snntorch_methods_tiny(tmp_path, capsys):
 def test_snntorch_refuses_spikingjelly_only_methods():
     pytest.importorskip("snntorch")
     with pytest.raises(ValueError, match="not available for snnTorch"):
-        benchmark.variant(benchmark.snntorch_csnn(), "ottt")
+        variant(snntorch_csnn(), "ottt")
 
 
 def test_max_seconds_stops_a_method_at_larger_T(tmp_path):
-    result = benchmark.main([
+    result = bench_main([
         "--net", "mlp", "--hidden", "8", "--input-shape", "6", "--batch", "2", "--T", "2,4",
         "--methods", "bptt", "--repeats", "1", "--warmup", "0", "--no-memory", "--quiet",
         "--max-seconds", "1e-9", "--results-dir", str(tmp_path), "--no-plot"])
@@ -83,7 +89,21 @@ def test_max_seconds_stops_a_method_at_larger_T(tmp_path):
 
 def test_input_memory_does_not_grow_with_T():
     """The input sequence is a view of one image batch: its bytes do not count T times."""
-    x4, _ = benchmark._inputs([3, 8, 8], 2, 4, "cpu")
-    x256, _ = benchmark._inputs([3, 8, 8], 2, 256, "cpu")
+    x4, _ = make_inputs([3, 8, 8], 2, 4, "cpu")
+    x256, _ = make_inputs([3, 8, 8], 2, 256, "cpu")
     assert x256.shape[0] == 256 and torch.equal(x256[0], x256[-1])
     assert x4.untyped_storage().nbytes() == x256.untyped_storage().nbytes() == 2 * 3 * 8 * 8 * 4
+
+
+def test_library_does_not_import_the_benchmark():
+    """``import saf_plugin`` leaves the benchmark application out; importing the application
+    does not import the command line (no cycle) and installs no warnings filter."""
+    code = ("import sys, warnings\n"
+            "import saf_plugin\n"
+            "print(sorted(m for m in sys.modules if m.startswith('saf_plugin.bench')))\n"
+            "before = list(warnings.filters)\n"
+            "import saf_plugin.bench.main\n"
+            "print('saf_plugin.cli' in sys.modules, warnings.filters == before)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parent.parent).stdout
+    assert out.splitlines() == ["[]", "False True"], out

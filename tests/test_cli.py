@@ -96,7 +96,7 @@ def test_bench_tiny(models, capsys):
 
 
 def test_bench_help_lists_every_method(capsys):
-    from saf_plugin.benchmark import METHODS
+    from saf_plugin.bench.methods import METHODS
 
     with pytest.raises(SystemExit):
         main(["bench", "--help"])

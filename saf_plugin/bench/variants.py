@@ -1,0 +1,113 @@
+"""Each method's copy of a model, and one training iteration of it."""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .methods import METHODS, SNNTORCH_METHODS
+from .models import library
+
+
+def _neurons(net: nn.Module):
+    from spikingjelly.activation_based import neuron
+
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, neuron.BaseNode)]
+
+
+def _replace(net: nn.Module, path: str, new: nn.Module) -> nn.Module:
+    if not path:
+        return new
+    parent, _, child = path.rpartition(".")
+    setattr(net.get_submodule(parent) if parent else net, child, new)
+    return net
+
+
+def _neuron_kwargs(m) -> dict:
+    return dict(tau=float(m.tau), decay_input=m.decay_input, v_threshold=float(m.v_threshold),
+                v_reset=None, surrogate_function=m.surrogate_function,
+                detach_reset=m.detach_reset)
+
+
+def variant(base: nn.Module, method: str) -> nn.Module:
+    """A deep copy of the SpikingJelly model ``base`` (LIF neurons, soft reset) set up for
+    ``method``. OTTT swaps neurons to OTTTLIFNode and every innermost ``nn.Sequential`` to
+    ``OTTTSequential`` (a plain tensor then passes the first module, as in SpikingJelly)."""
+    import saf_plugin
+
+    net = copy.deepcopy(base)
+    if library(base) == "snntorch":
+        if method not in SNNTORCH_METHODS:
+            raise ValueError(f"{method} is not available for snnTorch models (snnTorch has no "
+                             f"OTTT, SLTT or multi-step mode); use {', '.join(SNNTORCH_METHODS)}")
+        if method != "bptt":
+            saf_plugin.set_saf(net, "E" if method == "saf_e_online" else "F")
+        return net
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    if method in ("bptt", "saf_e_multi"):
+        functional.set_step_mode(net, "m")
+    else:
+        functional.set_step_mode(net, "s")
+    if method == "saf_e_multi" or method == "saf_e_online":
+        saf_plugin.set_saf(net, "E")
+    elif method == "saf_f":
+        saf_plugin.set_saf(net, "F")
+    elif method == "relu":
+        for path, _ in _neurons(net):
+            net = _replace(net, path, nn.ReLU())
+    elif method == "sltt":
+        for path, m in _neurons(net):
+            net = _replace(net, path, neuron.SLTTLIFNode(**_neuron_kwargs(m)))
+    elif method == "ottt":
+        for path, m in _neurons(net):
+            kw = _neuron_kwargs(m)
+            kw.pop("detach_reset")
+            net = _replace(net, path, neuron.OTTTLIFNode(**kw))
+        seqs = [(p, s) for p, s in net.named_modules() if type(s) is nn.Sequential
+                and not any(isinstance(c, nn.Sequential) for c in s.children())]
+        for path, s in seqs:
+            net = _replace(net, path, layer.OTTTSequential(*s.children()))
+    elif method != "bptt":
+        raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
+    if hasattr(functional, "invalidate_reset_cache"):
+        functional.invalidate_reset_cache(net)
+    return net
+
+
+def make_runner(method: str, net: nn.Module, lr: float = 0.01) -> Callable:
+    """``run(x_seq [T, B, ...], y [B])``: one training iteration of ``method`` on ``net``."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.learning import online_learning
+
+    from ..training import train_step
+
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+
+    def loss_t(T):
+        return lambda o, y: F.cross_entropy(o, y) / T
+
+    if method in ("ottt", "sltt"):
+        def run(x_seq, y):
+            T = x_seq.shape[0]
+            tgt = y.unsqueeze(1).expand(-1, T)
+            online_learning.ottt_online_training(net, opt, x_seq.transpose(0, 1), tgt, loss_t(T),
+                                                 online=(method == "ottt"))
+            functional.reset_net(net)
+    elif method == "relu":
+        def run(x_seq, y):
+            T = x_seq.shape[0]
+            opt.zero_grad()
+            for t in range(T):
+                loss_t(T)(net(x_seq[t]), y).backward()
+            opt.step()
+    else:
+        online = method == "saf_e_online"
+
+        def run(x_seq, y):
+            train_step(net, x_seq, y, loss_t(x_seq.shape[0]), opt, online=online)
+    return run
