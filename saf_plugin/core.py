@@ -1,7 +1,8 @@
 """The SAF math, once, in plain PyTorch. Adapters and kernels call these functions.
 
-Notation (``../shared/SAF.md``): a soft-reset LIF layer with decay ``lam`` (λ = 1 − 1/τ;
-λ = 1 for IF), threshold ``theta`` (θ) and input current I[t] = W s_in[t] + b fires
+Notation (``docs/theory.md``, "The neuron" and "Spike accumulation and the SAF forward"):
+a soft-reset LIF layer with decay ``lam`` (λ = 1 − 1/τ; λ = 1 for IF), threshold ``theta`` (θ)
+and input current I[t] = W s_in[t] + b fires
 
     u[t] = λ (u[t−1] − θ s[t−1]) + I[t],        s[t] = H(u[t] − θ).
 

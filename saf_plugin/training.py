@@ -2,7 +2,7 @@
 
 ``train_step`` runs one sequence ``x_seq`` of shape [T, B, ...] (time first) through a
 SpikingJelly or snnTorch model and backpropagates the way the model's SAF mode asks
-(``../shared/SAF.md``):
+(``docs/theory.md``, "SAF-E and Theorem 1" and "SAF-F and Theorem 2"):
 
 - SAF-E (``set_saf(net, "E")``): a loss at every step, L = Σ_t loss_fn(o[t], target[t]).
   In step mode 's' (and for snnTorch) each step runs forward and backward on its own, so
@@ -16,7 +16,8 @@ SpikingJelly or snnTorch model and backpropagates the way the model's SAF mode a
 
 ``train_epoch`` wraps it over a DataLoader with a tqdm bar and reports loss, accuracy,
 seconds and peak memory. :class:`SavedTensorMeter` counts the bytes autograd keeps for
-backward (``torch.autograd.graph.saved_tensors_hooks``); the tests and the benchmark use it.
+backward (``torch.autograd.graph.saved_tensors_hooks``); ``saf bench`` and the demo measure
+memory with it.
 """
 
 from __future__ import annotations

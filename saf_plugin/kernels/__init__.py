@@ -68,12 +68,20 @@ def reset_warnings() -> None:
 
 
 def _sj_legacy() -> bool:
+    """True when the imported SpikingJelly is 0.0.0.0.14 (no ``__version__``; the CuPy kernels'
+    generation). False when SpikingJelly has not been imported."""
     sj = sys.modules.get("spikingjelly")
     if sj is None:
         return False
-    from ..registry import spikingjelly_is_legacy
+    version = getattr(sj, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
 
-    return spikingjelly_is_legacy()
+            version = dist_version("spikingjelly")
+        except Exception:  # not installed as a distribution
+            version = ""
+    return str(version).startswith("0.0.0.0.")
 
 
 def available(backend: str, y: Tensor, surrogate: Optional[Callable] = None,
