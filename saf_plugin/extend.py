@@ -118,9 +118,11 @@ def _plain_forward(self, x: Tensor, *args, **kwargs):
     adapter = self._saf_spec.neuron
     forward = type(self)._saf_base.forward
 
-    def one_step(current):
+    def one_step(current):  # step mode 'm': current is [1, B, ...], forward takes [B, ...]
         _detach(self, adapter.state)
-        return forward(self, current, *args, **kwargs)
+        if rt.step_mode == "s":
+            return forward(self, current, *args, **kwargs)
+        return _unsqueeze(forward(self, current[0], *args, **kwargs))
 
     out = neuron_step.per_step(rt, self, x, float(adapter.decay(self)), one_step)
     _detach(self, adapter.state)
@@ -132,3 +134,11 @@ def _detach(m: nn.Module, names: Sequence[str]) -> None:
         value = getattr(m, name, None)
         if torch.is_tensor(value) and value.requires_grad:
             setattr(m, name, value.detach())
+
+
+def _unsqueeze(out):
+    if torch.is_tensor(out):
+        return out.unsqueeze(0)
+    if isinstance(out, (tuple, list)):
+        return type(out)(_unsqueeze(o) for o in out)
+    return out

@@ -149,9 +149,11 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
     """A neuron without a closed form: ``one_step(I)`` (the neuron's own dynamics for one step,
     its state detached before it runs) on the per-step input current I[t].
 
-    x: [B, ...] in step mode 's', [T, B, ...] in step mode 'm' (one call of ``one_step`` per
-    row). λ is the decay of the trace the weights feeding the neuron see. Returns what
-    ``one_step`` returns (stacked over T in step mode 'm'), tagged as per-step values.
+    x: [B, ...] in step mode 's'; [T, B, ...] in step mode 'm', where ``one_step`` gets one
+    step at a time as a sequence of length 1, [1, B, ...] (the neuron's multi-step forward
+    then runs as in the plain model). λ is the decay of the trace the weights feeding the neuron
+    see. Returns what ``one_step`` returns (concatenated over T in step mode 'm'), tagged as
+    per-step values.
     """
     rt.slot(module, dict)  # one call per step (a second call would share the state)
     rt.paused += 1
@@ -160,16 +162,16 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
         if rt.step_mode == "s":
             out = one_step(current)
         else:
-            out = _stack([one_step(c) for c in current])
+            out = _cat([one_step(current[t:t + 1]) for t in range(current.shape[0])])
     finally:
         rt.paused -= 1
     return rt.emit_steps(out)
 
 
-def _stack(outs: list):
+def _cat(outs: list):
     first = outs[0]
     if torch.is_tensor(first):
-        return torch.stack(outs)
+        return torch.cat(outs)
     if isinstance(first, (tuple, list)):
-        return type(first)(_stack([o[i] for o in outs]) for i in range(len(first)))
+        return type(first)(_cat([o[i] for o in outs]) for i in range(len(first)))
     return first

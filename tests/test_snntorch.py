@@ -309,6 +309,7 @@ class BNTTNet(nn.Module):
 
 
 REFUSALS = {  # (the neurons without a closed form run per step: tests/test_neurons_per_step.py)
+    "Alpha": (lambda: _wrap(snn.Alpha(0.6, 0.5)), "1", "zero"),
     "bntt1d": (lambda: BNTTNet(1), "bntt", "BatchNormTT"),
     "bntt2d": (lambda: BNTTNet(2), "bntt", "BatchNormTT"),
     "StateLeaky": (lambda: _wrap(snn.StateLeaky(0.5, 32)), "1", "sequence-level"),

@@ -379,12 +379,16 @@ _REFUSED = {
     "LinearLeaky": (_SEQUENCE, "use nn.Linear followed by snn.Leaky"),
     "LeakyParallel": (_SEQUENCE, "use snn.Leaky driven step by step"),
     "AssociativeLeaky": (_SEQUENCE + " with associative state", "use snn.Leaky"),
+    "Alpha": ("an alpha neuron: its input reaches the membrane through two currents that cancel "
+              "within a step (α- and β-current: +I and −I), so OTTT's instantaneous gradient, "
+              "which SAF-E trains with, is zero: nothing would learn",
+              "use snn.Synaptic (or snn.Leaky)"),
     "DeltaLeaky": ("a Leaky that transmits membrane deltas, not spikes", "use snn.Leaky"),
     "SLSTM": ("a spiking LSTM: its gates are nonlinear in the input", "use snn.Leaky"),
     "SConv2dLSTM": ("a spiking conv-LSTM: its gates are nonlinear in the input",
                     "use nn.Conv2d followed by snn.Leaky"),
 }
-for _name in ("Synaptic", "Alpha", "Lapicque", "RLeaky", "RSynaptic"):
+for _name in ("Synaptic", "Lapicque", "RLeaky", "RSynaptic"):
     register(getattr(snn, _name), Spec("neuron", judge=judge_per_step, neuron=PER_STEP))
 for _name, (_reason, _fix) in _REFUSED.items():
     _cls = getattr(snn, _name, None)

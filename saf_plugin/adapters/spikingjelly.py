@@ -95,7 +95,8 @@ def _forward(self, x, *args, **kwargs):
     if self.__dict__["_saf_closed"]:
         out = neuron_step.forward(rt, self, x, adapter.params(self))
     else:
-        step = type(self)._saf_base.single_step_forward
+        base = type(self)._saf_base
+        step = base.single_step_forward if rt.step_mode == "s" else base.multi_step_forward
 
         def one_step(current):
             _detach_memories(self)  # OTTT's rule: the state's history is a constant
