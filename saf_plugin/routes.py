@@ -442,8 +442,9 @@ class Routes:
         x = args[0]
         if not self.active or self.paused or not (torch.is_tensor(x) and x in self.reps):
             return forward(module, *args, **kwargs)
-        site = self.site(type(module).__name__, (x, *args[1:]))
-        self._note(site.where, type(module).__name__, "on accumulations")
+        name = type(module)._saf_base.__name__
+        site = self.site(name, (x, *args[1:]))
+        self._note(site.where, name, "on accumulations")
         a, lam = self.accumulated(x, site)
         self.paused += 1
         try:
@@ -465,14 +466,12 @@ class Routes:
         if not self.active or self.paused or not any(a in self.reps for a in flat):
             return forward(module, *args, **kwargs)
 
-        def run(*a, **k):
-            self.paused += 1
-            try:
-                return forward(module, *a, **k)
-            finally:
-                self.paused -= 1
-
-        return self._per_step(run, type(module).__name__, args, kwargs)
+        self.paused += 1  # (called from the module, not from the mode: pause it ourselves)
+        try:
+            return self._per_step(lambda *a, **k: forward(module, *a, **k),
+                                  type(module)._saf_base.__name__, args, kwargs)
+        finally:
+            self.paused -= 1
 
 
 def _pick(func, i):
