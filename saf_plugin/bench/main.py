@@ -4,9 +4,10 @@ One process times every method with interleaved repeats (repeat r: for each T, f
 method, one iteration), so machine noise hits all methods alike; medians and min-max are
 reported. The warm-up iterations (``--warmup``, not timed) run each method at the smallest T.
 With ``--max-seconds S`` a method whose iteration took longer than S seconds at some T is not
-run at larger T. Progress goes to stderr, one line per iteration. Memory per (method, T) comes from a fresh worker process each: the peak bytes
-autograd keeps for backward (``saf_plugin.training.SavedTensorMeter``) and the peak RSS
-(CPU) or ``torch.cuda.max_memory_allocated`` (GPU) of one iteration.
+run at larger T. Progress goes to stderr, one line per iteration. Memory per (method, T)
+comes from a fresh worker process each: the peak bytes autograd keeps for backward
+(``saf_plugin.training.SavedTensorMeter``) and the peak RSS (CPU) or
+``torch.cuda.max_memory_allocated`` (GPU) of one iteration.
 
 Methods (one iteration = one sequence of T steps, loss Σ_t CE(o[t], y)/T, one SGD update
 unless said otherwise):
