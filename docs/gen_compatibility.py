@@ -41,6 +41,28 @@ def operations() -> list[tuple[str, str, str]]:
     ]
 
 
+_CLOSED = {"LIFNode", "IFNode", "ParametricLIFNode", "OTTTLIFNode", "SLTTLIFNode", "Leaky"}
+
+
+def _neuron_route(cls, spec):
+    """The route a neuron class takes (closed form where it has one, else per step)."""
+    if cls.__name__ in _CLOSED:
+        soft = "`v_reset=None`" if cls.__module__.startswith("spikingjelly") else (
+            "`reset_mechanism='subtract'` or `'none'`, scalar β and θ, no inhibition or "
+            "state_quant")
+        return ("exact", f"closed form with {soft}; otherwise per step (SAF-E only)",
+                "`fix(net, soft_reset=True)` for the closed form (changes the model)")
+    return ("exact", "per step: its own step on the de-accumulated input current, state "
+            "detached (SAF-E only; SAF-F refuses it)", "")
+
+
+def _static(spec) -> bool:
+    try:
+        return spec.judge is not None and bool(spec.judge(None)[1])
+    except Exception:  # noqa: BLE001 - a judge that needs a module
+        return False
+
+
 def rows() -> list[tuple[str, str, str, str, str]]:
     from saf_plugin import registry
 
@@ -53,15 +75,18 @@ def rows() -> list[tuple[str, str, str, str, str]]:
     out = []
     for cls, spec in registry._REGISTRY.items():
         lib = cls.__module__.split(".")[0]
-        if spec.role == "neuron" and spec.neuron is not None:
-            status, reason, fix = ("exact", "closed form in accumulations (soft reset); a hard "
-                                   "reset is refused", "`saf_plugin.fix` switches to soft reset")
+        if spec.role == "neuron" and spec.neuron is not None and spec.neuron.closed_form is None:
+            status, reason, fix = "exact", "closed form in accumulations", ""
+        elif spec.role == "neuron" and spec.neuron is not None:
+            status, reason, fix = _neuron_route(cls, spec)
         elif spec.role == "neuron":
-            status, reason, fix = ("unsupported", "a neuron model saf-plugin has no route for",
-                                   "use LIF / IF / Leaky neurons")
+            status, reason, fix = spec.judge(None) if _static(spec) else (
+                "unsupported", "a neuron model saf-plugin has no route for",
+                "`saf_plugin.register_neuron` (docs/extending.md)")
         elif spec.role == "stateful":
-            status, reason, fix = ("unsupported", "a stateful module whose dynamics SAF does "
-                                   "not know (e.g. recurrent containers)", "")
+            status, reason, fix = ("unsupported", "a stateful module that is not a neuron; "
+                                   "SAF does not know its dynamics",
+                                   "`saf_plugin.register_neuron` if it is a neuron")
         elif spec.role == "container":
             status = "exact"
             reason = "container: its children and their operations count"
@@ -90,8 +115,17 @@ def render() -> str:
     lines += ["| " + " | ".join(r) + " |" for r in operations()]
     lines += ["", "## Classes saf-plugin knows", "",
               "Neurons and stateful modules are known by class; subclasses inherit an entry "
-              "unless they override its dynamics. A stateful SpikingJelly module that is not "
-              "listed is refused; any other module is judged by its operations.", "",
+              "unless they override its dynamics (a SpikingJelly `BaseNode` subclass then runs "
+              "per step). A neuron runs SAF's closed form where it has one, else per step: its "
+              "input current is de-accumulated, I[t] = Y[t] − λ Y[t−1], and its own one-step "
+              "forward runs with its state detached (outputs equal the plain model's; SAF-E's "
+              "gradient is OTTT's, its weights see the trace with λ below). A stateful "
+              "SpikingJelly module that is not listed is refused; any other module is judged "
+              "by its operations. Your own neurons and layers: docs/extending.md.", "",
+              "λ (the trace decay of a per-step neuron's input weights): 1 − 1/τ for neurons "
+              "with a τ, 1 − sigmoid(w) for ParametricLIF, 1 for IF-like neurons, CUBALIF's "
+              "`c_decay`, a recurrent container's inner neuron's; snnTorch: β (Leaky, RLeaky), "
+              "α (Synaptic, RSynaptic), 1 − Δt/(RC) (Lapicque).", "",
               "| module | library | status | reason | fix |", "|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows()]
     return "\n".join(lines) + "\n"

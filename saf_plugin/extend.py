@@ -54,7 +54,8 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
     state: the attributes that hold the neuron's state (detached before every step). For a
         plain ``nn.Module`` the neuron counts as reset (a new sequence starts) when none of
         them holds a tensor, so its own reset must set them to None or a number. A SpikingJelly
-        ``MemoryModule`` uses its memories and ``functional.reset_net`` instead.
+        ``MemoryModule`` uses its memories and ``functional.reset_net`` instead, an snnTorch
+        ``SpikingNeuron`` its hidden states (mem, syn, spk) and ``utils.reset``/``reset_mem``.
     lif: SpikingJelly ``MemoryModule`` subclasses only: a function of the module returning its
         soft-reset LIF parameters ``dict(decay=λ, threshold=θ, input_scale=None or 1 − λ,
         surrogate=fn)``; the neuron then runs SAF's closed form (SAF-F too) instead of its
@@ -67,7 +68,13 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
         raise TypeError("register_neuron(..., lif=...) needs a SpikingJelly MemoryModule "
                         "subclass (its memories and reset_net mark the sequences); register a "
                         "plain module without lif (it then runs per step)")
-    if sj is not None:
+    sn = _snntorch_neuron(cls)
+    if sn is not None and lif is None:
+        adapter = NeuronAdapter(
+            saf_class=sn.per_step_class, attach=sn.attach, detach=sn.detach, decay=decay_of,
+            is_fresh=sn.is_fresh, reset_on_shape_change=True, closed_form=lambda m: False)
+        judge = sn.judge_per_step
+    elif sj is not None:
         adapter = NeuronAdapter(
             saf_class=sj.saf_class, attach=sj.attach, detach=sj.detach, decay=decay_of,
             is_fresh=sj.is_fresh, closed_form=lambda m: lif is not None,
@@ -82,6 +89,17 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
             closed_form=lambda m: False, state=names)
         judge = _judge_per_step
     register(cls, Spec("neuron", judge=judge, neuron=adapter, dynamics=()))
+
+
+def _snntorch_neuron(cls: type):
+    import sys
+
+    neurons = sys.modules.get("snntorch._neurons.neurons")
+    if neurons is None or not issubclass(cls, neurons.SpikingNeuron):
+        return None
+    from .adapters import snntorch
+
+    return snntorch
 
 
 def _spikingjelly_memory_module(cls: type):

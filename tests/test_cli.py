@@ -12,7 +12,7 @@ from saf_plugin.cli import main  # noqa: E402
 
 MODELS = textwrap.dedent('''
     from torch import nn
-    from spikingjelly.activation_based import layer, neuron
+    from spikingjelly.activation_based import base, layer, neuron
 
     def good():
         return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None),
@@ -20,6 +20,18 @@ MODELS = textwrap.dedent('''
 
     def hard_reset():
         return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(), layer.Linear(6, 3))
+
+    class Memory(base.MemoryModule):
+        def __init__(self):
+            super().__init__()
+            self.register_memory("m", 0.0)
+
+        def forward(self, x):
+            self.m = self.m + x
+            return self.m
+
+    def unknown_state():
+        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None), Memory())
 
     def broken():
         raise RuntimeError("no weights file")
@@ -44,9 +56,15 @@ def test_check_exact_model(models, capsys):
 
 
 def test_check_not_exact_exits_nonzero(models, capsys):
-    assert main(["check", "cli_models_mod:hard_reset"]) == 1
+    assert main(["check", "cli_models_mod:unknown_state"]) == 1
     out = capsys.readouterr().out
-    assert "unsupported" in out and "hard reset" in out and "fix" in out
+    assert "unsupported" in out and "Memory" in out and "register_neuron" in out
+
+
+def test_check_hard_reset_is_exact_per_step_and_says_saf_f_refuses_it(models, capsys):
+    assert main(["check", "cli_models_mod:hard_reset"]) == 0
+    out = capsys.readouterr().out
+    assert "per step: hard reset" in out and "SAF-F refuses 1" in out and "soft_reset" in out
 
 
 @pytest.mark.parametrize("spec,msg", [
@@ -119,11 +137,11 @@ FIXABLE = textwrap.dedent('''
 def test_bench_fix_makes_a_fixable_model_run(models, capsys):
     (models / "cli_fixable_mod.py").write_text(FIXABLE)
     argv = ["bench", "cli_fixable_mod:hard_reset", "--input-shape", "4", "--T", "2",
-            "--methods", "bptt,saf_e_online", "--batch", "2", "--repeats", "1", "--warmup", "0",
-            "--no-memory", "--out", str(models / "res")]
-    assert main(argv) == 1  # SAF refuses hard reset: the method is skipped, and says how to fix
+            "--methods", "bptt,saf_e_online,saf_f", "--batch", "2", "--repeats", "1",
+            "--warmup", "0", "--no-memory", "--out", str(models / "res")]
+    assert main(argv) == 1  # SAF-F refuses hard reset: the method is skipped, says how to fix
     assert "--fix" in capsys.readouterr().out
     assert main(argv + ["--fix"]) == 0
     captured = capsys.readouterr()
-    assert "saf_e_online" in captured.out and "skipped" not in captured.out
-    assert "fix: " in captured.err and "[1/2]" in captured.err  # what fix changed; progress
+    assert "saf_f" in captured.out and "skipped" not in captured.out
+    assert "fix: " in captured.err and "[1/3]" in captured.err  # what fix changed; progress

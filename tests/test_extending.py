@@ -243,3 +243,26 @@ def test_a_users_linear_map_runs_on_accumulations():
     assert torch.allclose(run(saf, x, "s"), ref, rtol=0, atol=1e-9)
     routes = {f.module: f.reason for f in saf_plugin.check(net, x[0]) if "(in module" in f.path}
     assert "on accumulations" in routes["ScaledLinear"], routes
+
+
+def test_a_users_snntorch_neuron_subclass_runs_per_step():
+    snn = pytest.importorskip("snntorch")
+
+    class MyLeaky(snn.Leaky):  # overrides the dynamics: not covered by snn.Leaky's entry
+        def _base_state_function(self, input_):
+            return self.beta.clamp(0, 1) * self.mem + 1.5 * input_
+
+    def build():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(8, 16), MyLeaky(0.8, init_hidden=True, threshold=0.6),
+                             nn.Linear(16, 4), MyLeaky(0.8, init_hidden=True, threshold=0.3))
+
+    assert saf_plugin.check(build())[0].status == "unsupported"
+    saf_plugin.register_neuron(MyLeaky, decay=lambda m: float(m.beta))
+    net, x = build(), torch.rand(T, B, 8) * 2
+    saf = copy.deepcopy(net)
+    ref = run(net, x, "s")
+    assert 0 < float(ref.mean()) < 1
+    saf_plugin.set_saf(saf, "E")
+    for _ in range(2):
+        assert torch.equal(run(saf, x, "s"), ref)

@@ -395,8 +395,9 @@ for _name, (_reason, _fix) in _REFUSED.items():
     if _cls is not None:
         register(_cls, Spec("neuron", judge=_refuse(f"snntorch.{_name} is {_reason}", _fix)))
 register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
-    "saf-plugin does not know this snnTorch neuron (only snn.Leaky is supported)",
-    "use snn.Leaky")))
+    "saf-plugin does not know this snnTorch neuron (a subclass that overrides a known neuron's "
+    "dynamics, or a neuron it does not list)",
+    "saf_plugin.register_neuron(cls, decay=...) runs it per step (docs/extending.md)")))
 
 def _is_bntt(kids) -> bool:
     """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of

@@ -36,7 +36,7 @@ def _base(args, say: Callable = lambda msg: None) -> nn.Module:
     if args.fix:
         import saf_plugin
 
-        for change in saf_plugin.fix(net):
+        for change in saf_plugin.fix(net, soft_reset=True):
             say(f"fix: {change.line()}")
     return net
 
