@@ -86,6 +86,8 @@ def _detach_memories(m: nn.Module) -> None:
 
 
 def _forward(self, x, *args, **kwargs):
+    if self.__dict__.get("_saf_inner"):  # the neuron's own multi-step forward calls its
+        return type(self)._saf_base.single_step_forward(self, x, *args, **kwargs)  # step
     rt = self.__dict__.get("_saf_rt")
     if rt is None or not rt.active:
         raise SAFStateError(
@@ -100,7 +102,11 @@ def _forward(self, x, *args, **kwargs):
 
         def one_step(current):
             _detach_memories(self)  # OTTT's rule: the state's history is a constant
-            return step(self, current, *args, **kwargs)
+            self.__dict__["_saf_inner"] = True
+            try:
+                return step(self, current, *args, **kwargs)
+            finally:
+                self.__dict__["_saf_inner"] = False
 
         lam = adapter.decay(self)
         lam = float(lam.detach()) if torch.is_tensor(lam) else float(lam)

@@ -173,12 +173,13 @@ def test_plif_decay_gets_a_gradient(f64):
 def test_check_and_fix_hard_reset_and_maxpool():
     net = nn.Sequential(layer.Conv2d(2, 4, 3), neuron.LIFNode(), layer.MaxPool2d(2),
                         layer.Flatten(), layer.Linear(36, 3))
-    bad = {f.path: f.status for f in saf_plugin.check(net) if f.status != "exact"}
-    assert bad == {"1": "unsupported"}  # max pooling runs per step (exact); fix() offers AvgPool
-    with pytest.raises(saf_plugin.SAFIncompatibleError, match="hard reset"):
-        saf_plugin.set_saf(net, "E")
+    assert all(f.status == "exact" for f in saf_plugin.check(net))  # hard reset: per step
+    bad = {f.path: f.status for f in saf_plugin.check(net, mode="F") if f.status != "exact"}
+    assert bad == {"1": "unsupported"}  # SAF-F needs the closed form
+    with pytest.raises(saf_plugin.SAFIncompatibleError, match="closed form"):
+        saf_plugin.set_saf(net, "F")
     params = list(net.parameters())
-    saf_plugin.fix(net)
+    saf_plugin.fix(net, soft_reset=True)
     assert net[1].v_reset is None and isinstance(net[2], layer.AvgPool2d)
     assert all(a is b for a, b in zip(params, net.parameters()))
     saf_plugin.set_saf(net, "E")
