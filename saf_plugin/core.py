@@ -179,17 +179,25 @@ def decay_gradient_term(
     y: Tensor,
     y_prev: Optional[Tensor],
     acc_prev: Optional[Tensor],
-    theta: float,
+    theta: Union[float, Tensor],
     decay_input: bool,
+    *,
+    membrane: Optional[Tensor] = None,
 ) -> Tensor:
     """∂u[t]/∂λ with the membrane u[t−1] held constant (the online, history-detached gradient).
 
-    With v[t−1] = u[t−1] − θ s[t−1] and Y the unscaled accumulated current:
+    With v[t−1] the membrane carried into step t (after its reset) and Y the unscaled
+    accumulated current:
       decay_input=False:  u = λ v[t−1] + I[t]          ->  ∂u/∂λ = v[t−1]        = Y[t−1] − θ â[t−1]
       decay_input=True:   u = λ v[t−1] + (1−λ) I[t]    ->  ∂u/∂λ = v[t−1] − I[t] = Y[t−1] − Y[t] − θ â[t−1]
-    Returned detached; the adapter adds (λ − λ.detach()) · term to u.
+    ``membrane``: v[t−1] where the neuron keeps it (snnTorch's mem), instead of reconstructing it
+    from the accumulations (SpikingJelly's soft reset: v[t−1] = u[t−1] − θ s[t−1]).
+    Returned detached; the caller adds (λ − λ.detach()) · term to u.
     """
     with torch.no_grad():
+        if membrane is not None:
+            assert not decay_input, "a kept membrane is snnTorch's (no decay_input)"
+            return membrane.detach()
         if y_prev is None:
             return -y if decay_input else torch.zeros_like(y)
         term = y_prev - theta * acc_prev

@@ -15,7 +15,7 @@ still run once per step on accumulations. See docs/theory.md ("Neurons without a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import torch
 from torch import Tensor
@@ -25,16 +25,27 @@ from . import core
 
 @dataclass
 class NeuronParams:
-    """decay λ (a float), its learnable form (a tensor with grad, or None), threshold θ, the
-    input scale (1 − λ with SpikingJelly's ``decay_input``, else 1), the surrogate, and the
-    scan backend of :mod:`saf_plugin.kernels` for step mode 'm'."""
+    """What a closed-form neuron is, read by its adapter from the module.
+
+    decay λ (a float), its learnable form (a tensor with grad, or None), threshold θ (a float,
+    or snnTorch's threshold tensor), the input scale (1 − λ with SpikingJelly's
+    ``decay_input``, else None), the surrogate, and the scan backend of
+    :mod:`saf_plugin.kernels` for step mode 'm'. A neuron that keeps its membrane (snnTorch
+    ``Leaky``, :func:`step_with_membrane`) also gives its reset: κ, the factor of â[t−1] in
+    the reset term (1 with ``reset_delay``, λ without, 0 for no reset), whether it resets at
+    all, ``reset_delay`` and the graded-spike factor g (None: 1).
+    """
 
     decay: float
     decay_param: Optional[Tensor]
-    theta: float
+    theta: Union[float, Tensor]
     input_scale: Optional[float]
     surrogate: Callable[[Tensor], Tensor]
     backend: str = "auto"
+    reset_decay: Optional[float] = None
+    resets: bool = True
+    reset_delay: bool = True
+    graded: Optional[Tensor] = None
 
     @property
     def decay_input(self) -> bool:
@@ -43,13 +54,17 @@ class NeuronParams:
 
 @dataclass
 class NeuronState:
-    """â[t−1]; the accumulated per-step input current (``cur_acc``); and for re-accumulation /
-    a learnable decay, the last input z[t−1] and Y[t−1]."""
+    """A closed-form neuron's state in a sequence: â[t−1] (``acc``); the accumulated per-step
+    input current (``cur_acc``); for re-accumulation and a learnable decay the last input
+    z[t−1] and Y[t−1]; with graded spikes their accumulation ô[t−1] (``out``); and the
+    membrane the neuron returned last step (``mem_out``, with graph)."""
 
     acc: Optional[Tensor] = None
     cur_acc: Optional[Tensor] = None
     z_prev: Optional[Tensor] = None
     y_prev: Optional[Tensor] = None
+    out: Optional[Tensor] = None
+    mem_out: Optional[Tensor] = None
 
 
 def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
@@ -75,6 +90,56 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
         acc = core.accumulate_step(spikes, st.acc, p.decay)
     st.acc = acc.detach()
     return acc, spikes
+
+
+def step_with_membrane(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
+                       c: Optional[Tensor], mem_prev: Optional[Tensor]):
+    """One SAF step of a neuron that keeps its membrane (snnTorch ``Leaky``, see
+    ``saf_plugin/adapters/snntorch.py`` for its equations): ``mem_prev`` is mem[t−1] (None at
+    t = 0), θ a tensor (learnable or not). Updates ``st``; returns (ô[t], g s[t], mem[t]), all
+    with graph (ô = â when g = 1)."""
+    lam, theta = p.decay, p.theta
+    theta_d = theta.detach()
+    spike_fn = p.surrogate
+    y = x  # input accumulated with the sender's decay -> with this neuron's
+    if mem_prev is None:  # step 0: Y[0] = I[0] whatever the decays
+        st.z_prev = st.y_prev = x.detach()
+    elif decay_in != lam:
+        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, lam)
+        st.z_prev, st.y_prev = x.detach(), y.detach()
+    if p.decay_param is not None and mem_prev is not None:  # ∂mem[t]/∂β = mem[t−1]
+        y = y + (p.decay_param - lam) * core.decay_gradient_term(
+            y, None, None, theta_d, False, membrane=mem_prev)
+    kappa = p.reset_decay
+    r = None  # reset_delay=False: the reset r[t] = H(mem[t−1] − θ) not yet applied
+    if p.resets and not p.reset_delay and mem_prev is not None:
+        r = spike_fn(mem_prev.detach() - theta_d).detach()
+    need_r_t = theta.requires_grad and p.resets and mem_prev is not None
+    r_t = r if (r is not None or not need_r_t) else spike_fn(mem_prev.detach() - theta_d).detach()
+    yy = y if r is None else y - theta * r
+    if need_r_t:  # snnTorch's per-step ∂mem/∂θ is −r[t]; SAF's reset term gives −(κ â + r)
+        extra = kappa * st.acc + (0.0 if r is None else r) - r_t
+        yy = yy + (theta - theta_d) * extra
+    th = theta if theta.requires_grad else theta_d
+    if mode == "F":
+        with torch.no_grad():
+            s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
+        rep = core.spike_representation(y, th, c)
+        s = s + (rep - rep.detach())
+        mem_new = u.detach() + (y - y.detach())
+    else:
+        s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
+        mem_new = u
+    if p.resets and not p.reset_delay:
+        mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
+    acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
+    st.acc = acc.detach()
+    if p.graded is None:
+        return acc, s, mem_new
+    spk = s * p.graded
+    out = core.accumulate_step(spk, st.out, lam)
+    st.out = out.detach()
+    return out, spk, mem_new
 
 
 class _Spikes(torch.autograd.Function):
@@ -155,7 +220,7 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
     see. Returns what ``one_step`` returns (concatenated over T in step mode 'm'), tagged as
     per-step values.
     """
-    rt.slot(module, dict)  # one call per step (a second call would share the state)
+    rt.slot(module, NeuronState)  # one call per step (a second call would share the state)
     rt.paused += 1
     try:
         current = rt.neuron_current(x, lam)

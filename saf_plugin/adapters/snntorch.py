@@ -83,31 +83,17 @@ Losses of ``snntorch.functional`` on SAF-E outputs (spikes [T, B, C] stacked by 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
 
 import snntorch as snn
 import torch
 from torch import Tensor, nn
 
-from .. import _classes, core, neuron_step
+from .. import _classes, neuron_step
 from ..errors import SAFStateError
+from ..neuron_step import NeuronParams, NeuronState
 from ..registry import NeuronAdapter, Spec, lookup, register
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
-
-
-@dataclass
-class LeakyState:
-    """â[t−1] (unscaled spikes), ô[t−1] (graded spikes), the accumulated per-step input current
-    (``cur_acc``) and the re-accumulation memory z[t−1], Y[t−1]."""
-
-    acc: Optional[Tensor] = None
-    out: Optional[Tensor] = None
-    cur_acc: Optional[Tensor] = None
-    z_prev: Optional[Tensor] = None
-    y_prev: Optional[Tensor] = None
-    mem_out: Optional[Tensor] = None  # the membrane returned last step (with graph)
 
 
 def _beta(m: nn.Module) -> Tensor:
@@ -162,12 +148,19 @@ def _forward(self, input_, mem=None):
             f"model input {'continues' if fresh else 'restarted'} (step {rt.t}); under SAF reset "
             "all neurons together before each sequence (utils.reset(net), or call init_leaky() / "
             "reset_mem() on every neuron, before the first layer runs)")
-    st: LeakyState = rt.slot(self, LeakyState)
-    lam = decay(self)
+    p = params(self)
+    if rt.mode == "F" and not p.resets:
+        raise SAFStateError(
+            f"{self._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
+            "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
+    st: NeuronState = rt.slot(self, NeuronState)
+    lam = p.decay
     rt.paused += 1
     try:
         y, decay_in = rt.neuron_input(input_, lam, st)
-        out, spk, mem_new = _step(self, rt, y, decay_in, st, None if fresh else self.mem)
+        c = rt.series(lam, like=y)[0] if rt.mode == "F" else None
+        out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
+                                                           None if fresh else self.mem)
     finally:
         rt.paused -= 1
     self.mem = mem_new.detach()  # SAF never differentiates through it (and deepcopy works)
@@ -224,64 +217,16 @@ def _reset_mem(self):
     return type(self)._saf_base.reset_mem(self)
 
 
-def _step(m, rt, x: Tensor, decay_in: float, st: LeakyState, mem_prev: Optional[Tensor]):
-    """One SAF step of a converted ``Leaky`` on x (its input accumulated with ``decay_in``).
-
-    Returns (ô[t] with graph, the graded spikes g s[t] with graph, mem[t]).
-    """
+def params(m: nn.Module) -> NeuronParams:
+    """A closed-form ``Leaky``'s parameters for :func:`saf_plugin.neuron_step.step_with_membrane`."""
     beta = _beta(m)
     lam = float(beta.detach())
-    learn_beta = beta.requires_grad
-    theta = m.threshold
-    theta_d = theta.detach()
     kind = int(m.reset_mechanism_val)
-    spike_fn = m.spike_grad
-    # input accumulated with the sender's decay -> with this layer's β
-    y = x
-    if mem_prev is None:  # step 0: Y[0] = I[0] whatever the decays
-        st.z_prev = st.y_prev = x.detach()
-    elif decay_in != lam:
-        y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, lam)
-        st.z_prev, st.y_prev = x.detach(), y.detach()
-    if learn_beta and mem_prev is not None:  # ∂mem[t]/∂β = mem[t−1] (history detached)
-        y = y + (beta - lam) * mem_prev.detach()
-    if kind == _NONE:
-        kappa, r = 0.0, None
-    elif m.reset_delay:
-        kappa, r = 1.0, None
-    else:
-        kappa = lam
-        r = None if mem_prev is None else spike_fn(mem_prev.detach() - theta_d).detach()
-    need_r_t = theta.requires_grad and kind == _SUBTRACT and mem_prev is not None
-    r_t = r if (r is not None or not need_r_t) else spike_fn(mem_prev.detach() - theta_d).detach()
-    yy = y if r is None else y - theta * r
-    if need_r_t:  # snnTorch's per-step ∂mem/∂θ is −r[t]; SAF's reset term gives −(κ â + r)
-        extra = kappa * st.acc + (0.0 if r is None else r) - r_t
-        yy = yy + (theta - theta_d) * extra
-    th = theta if theta.requires_grad else theta_d
-    if rt.mode == "F":
-        if kind == _NONE:
-            raise SAFStateError(
-                f"{m._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
-                "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
-        with torch.no_grad():
-            s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
-        rep = core.spike_representation(y, th, rt.series(lam, like=y)[0])
-        s = s + (rep - rep.detach())
-        mem_new = u.detach() + (y - y.detach())
-    else:
-        s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
-        mem_new = u
-    if kind == _SUBTRACT and not m.reset_delay:
-        mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
-    acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
-    st.acc = acc.detach()
-    if _graded_is_one(m):
-        return acc, s, mem_new
-    spk = s * m.graded_spikes_factor
-    out = core.accumulate_step(spk, st.out, lam)
-    st.out = out.detach()
-    return out, spk, mem_new
+    kappa = 0.0 if kind == _NONE else (1.0 if m.reset_delay else lam)
+    return NeuronParams(lam, beta if beta.requires_grad else None, m.threshold, None,
+                        m.spike_grad, reset_decay=kappa, resets=kind != _NONE,
+                        reset_delay=bool(m.reset_delay),
+                        graded=None if _graded_is_one(m) else m.graded_spikes_factor)
 
 
 def saf_class(cls: type) -> type:
