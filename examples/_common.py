@@ -348,8 +348,8 @@ def print_check(net: torch.nn.Module, example_input=None) -> list:
 
 
 def soft_reset(net: torch.nn.Module) -> list[str]:
-    """Switch every hard-reset SpikingJelly neuron of ``net`` to soft reset (``v_reset=None``),
-    the one change SAF requires (hard reset has no closed form in accumulations); unlike
+    """Switch every hard-reset SpikingJelly neuron of ``net`` to soft reset (``v_reset=None``):
+    SAF's closed form instead of the per-step route (a different model); unlike
     ``saf_plugin.fix`` it leaves everything else (max pooling included) as it is. Returns the
     paths changed and prints them."""
     from spikingjelly.activation_based.neuron import BaseNode

@@ -6,15 +6,14 @@ ATan surrogate and ``detach_reset=True``, step mode 'm', BatchNorm in training m
 firing rate against the one-hot label, cosine schedule, TensorBoard, and the recipe of its
 documented command: Adam, lr 0.001, batch 16, T=16 (``--opt sgd --lr 0.1`` for SGD, momentum 0.9).
 
-One change, the one SAF requires: the LIF neurons reset hard (``v_reset=0.``), which has no
-closed form in accumulations, so they are switched to soft reset (``v_reset=None``). Nothing
-else: under SAF-E the convolutions, Linears, the dropout (SpikingJelly's ``layer.Dropout``
-draws one mask per sequence) and ``VotingLayer`` (an average pool) run once per step on
-accumulations, the training-mode BatchNorms and the max pooling per step on the real values,
-so the forward is the plain model's. ``--saf off`` trains the same network (soft reset) with
-SpikingJelly's BPTT. ``--saf F`` is refused by saf_plugin (SAF-F's gradient is defined for
-linear maps between neurons only; this model has per-step operations); the script lets the
-error show.
+Nothing changed: under SAF-E the convolutions, Linears, the dropout (SpikingJelly's
+``layer.Dropout`` draws one mask per sequence) and ``VotingLayer`` (an average pool) run once
+per step on accumulations, the training-mode BatchNorms and the max pooling per step on the real
+values, and the hard-reset LIF neurons (``v_reset=0.``: no closed form) per step too, so the
+forward is the plain model's. ``--soft-reset`` switches them to soft reset first (SAF's closed
+form, a different model). ``--saf off`` trains the same network with SpikingJelly's BPTT.
+``--saf F`` is refused by saf_plugin (SAF-F needs the closed form and linear maps between
+neurons; this model has per-step operations); the script lets the error show.
 
 Data: offline, the digits as 128x128 event frames (``_common.digits_to_events``; 10 of the
 net's 11 outputs are used). ``--data dvs128`` uses SpikingJelly's ``DVS128Gesture`` class,
@@ -43,6 +42,8 @@ def main(argv=None) -> str:
     p.add_argument("--channels", type=int, default=128)
     p.add_argument("--opt", choices=("sgd", "adam"), default="adam")
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--soft-reset", action="store_true",
+                   help="switch the LIF neurons to soft reset first (SAF's closed form)")
     args = p.parse_args(argv)
     C.seed_everything(args.seed)
     device = torch.device(args.device)
@@ -51,10 +52,11 @@ def main(argv=None) -> str:
                                            surrogate_function=surrogate.ATan(),
                                            detach_reset=True)
     functional.set_step_mode(net, "m")
-    print("== SpikingJelly's DVSGestureNet as it is")
-    C.print_check(net)
-    C.soft_reset(net)
-    print("== with soft reset")
+    changed = []
+    if args.soft_reset:
+        C.soft_reset(net)
+        changed = ["LIFNode: hard reset -> soft reset"]
+    print("== SpikingJelly's DVSGestureNet" + (" with soft reset" if changed else " as it is"))
     C.print_check(net, torch.zeros(args.T, 1, 2, 128, 128))
     net.to(device)
     if args.saf != "off":  # the whole model, as it is; SAF-F refuses it at the first call
@@ -78,7 +80,7 @@ def main(argv=None) -> str:
     task = C.Task(forward, predict, lambda: functional.reset_net(net))
     return C.train_and_report(
         "classify_dvsg", net, task, args, train_loader, test_loader, opt, device,
-        scheduler=sched, tensorboard=True, changed=["LIFNode: hard reset -> soft reset"])
+        scheduler=sched, tensorboard=True, changed=changed)
 
 
 if __name__ == "__main__":
