@@ -16,6 +16,7 @@ from torch import nn
 
 from .errors import Finding, SAFStateError
 from .registry import Spec, load_adapters, lookup
+from .modes import Mode
 
 
 def walk(net: nn.Module) -> Iterator[tuple[str, nn.Module, Optional[Spec]]]:
@@ -37,13 +38,13 @@ def walk(net: nn.Module) -> Iterator[tuple[str, nn.Module, Optional[Spec]]]:
 
 
 def judge(path: str, module: nn.Module, spec: Optional[Spec],
-          mode: str = "E") -> Optional[Finding]:
+          mode: str = Mode.E) -> Optional[Finding]:
     """The finding for one module, or None where only its operations matter."""
     name = getattr(type(module), "_saf_base", type(module)).__name__
     if spec is None or spec.judge is None:
         return None
     status, reason, fix_hint = spec.judge(module)
-    if (mode == "F" and status == "exact" and spec.neuron is not None
+    if (mode == Mode.F and status == "exact" and spec.neuron is not None
             and spec.neuron.route(module) == "per step"):
         status, fix_hint = "unsupported", (
             "train it with SAF-E; or saf_plugin.fix(net, soft_reset=True) where a soft reset "
@@ -53,7 +54,7 @@ def judge(path: str, module: nn.Module, spec: Optional[Spec],
     return Finding(path, name, status, reason, fix_hint)
 
 
-def check(net: nn.Module, example_input=None, *, mode: str = "E") -> list[Finding]:
+def check(net: nn.Module, example_input=None, *, mode: str = Mode.E) -> list[Finding]:
     """One :class:`Finding` per neuron and per module SAF refuses; with ``example_input``
     (what ``net`` is called with), also one per operation of the forward, saying whether it
     runs on accumulations or per step (found by running a copy of the model under SAF).

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+from .modes import Mode
+
 __all__ = ["main", "load_factory"]
 
 
@@ -71,7 +73,7 @@ def cmd_check(args) -> int:
         print(f"not exact: {len(bad)} of {len(findings)} modules are unsupported (the fix "
               "column says what to change)")
         return 1
-    per_step = [f for f in saf_plugin.check(net, mode="F") if f.status != "exact"]
+    per_step = [f for f in saf_plugin.check(net, mode=Mode.F) if f.status != "exact"]
     if per_step:
         print(f"exact under SAF-E: all {len(findings)} modules; SAF-F refuses "
               f"{len(per_step)} (neurons without a closed form run per step, SAF-E only; "

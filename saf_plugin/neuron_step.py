@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import core
+from .modes import Mode, keeps_graph
 
 
 @dataclass
@@ -83,7 +84,7 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
     elif st.z_prev is not None:
         st.y_prev = y.detach()
     spikes = None
-    if mode == "F":
+    if mode == Mode.F:
         acc, _ = core.saf_f_step(scaled, st.acc, p.decay, p.theta, c)
     else:
         spikes, _ = core.lif_spike(scaled, st.acc, p.decay, p.theta, p.surrogate)
@@ -121,7 +122,7 @@ def step_with_membrane(x: Tensor, decay_in: float, st: NeuronState, p: NeuronPar
         extra = kappa * st.acc + (0.0 if r is None else r) - r_t
         yy = yy + (theta - theta_d) * extra
     th = theta if theta.requires_grad else theta_d
-    if mode == "F":
+    if mode == Mode.F:
         with torch.no_grad():
             s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
         rep = core.spike_representation(y, th, c)
@@ -181,7 +182,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     try:
         y, decay_in = rt.neuron_input(x, p.decay, st)
         mode = rt.mode
-        c = rt.series(p.decay, like=y) if mode == "F" else None
+        c = rt.series(p.decay, like=y) if mode == Mode.F else None
         prev = st.acc
         if rt.step_mode == "s":
             acc, spikes = step(y, decay_in, st, p, mode, None if c is None else c[0])
@@ -197,9 +198,8 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
             spikes = spikes_of(acc, prev, p.decay, True)
         else:
             steps = []
-            last = y.shape[0] - 1
             for t in range(y.shape[0]):
-                grad = torch.is_grad_enabled() and (mode == "E" or t == last)
+                grad = torch.is_grad_enabled() and keeps_graph(mode, t, y.shape[0])
                 with torch.set_grad_enabled(grad):
                     steps.append(step(y[t], decay_in, st, p, mode,
                                       None if c is None else c[t])[0])

@@ -21,6 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from .dataflow import (_CONV, _CREATE, _DROPOUT, _NO_TENSOR, _POOL, _SHAPE, _TIME_TOUCH, ACC,
                        SPIKE, STEP, Refusal, Rep, Site, _name, module_path, user_frame)
 from .errors import Finding, SAFStateError
+from .modes import Mode
 
 
 class Routes:
@@ -214,7 +215,7 @@ class Routes:
             "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
 
     def _per_step(self, func, name, args, kwargs, note: bool = True):
-        fbad = f"{name} at {user_frame()}" if self.mode == "F" and note else None
+        fbad = f"{name} at {user_frame()}" if self.mode == Mode.F and note else None
         if self.record is not None and note:
             self._note(user_frame(), name, "per step")
         tagged = [a for a in tree_flatten((args, kwargs))[0]
@@ -296,7 +297,7 @@ class Routes:
 
     def _split_call(self, func, args, kwargs, a: Tensor):
         """SAF-F in step mode 'm': steps 0..T−2 build no graph (only the last step's is kept)."""
-        if not (self.mode == "F" and self.step_mode == "m" and self.steps > 1
+        if not (self.mode == Mode.F and self.step_mode == "m" and self.steps > 1
                 and torch.is_grad_enabled() and self._tm(a)):
             return func(*args, **kwargs)
         k = a.shape[0] * (self.steps - 1) // self.steps
@@ -384,7 +385,7 @@ class Routes:
         if name in ("cat", "concat", "concatenate", "stack"):
             seq = args[0]
             dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
-            if self.mode == "F" and self.step_mode == "s" and all(
+            if self.mode == Mode.F and self.step_mode == "s" and all(
                     torch.is_tensor(a) and a in self.reps for a in seq) and any(
                     self.reps[a].call != self.call for a in seq):
                 return self._collect(func, seq, args[1:], kwargs)

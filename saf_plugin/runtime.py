@@ -28,6 +28,7 @@ from . import core
 from .errors import Finding, SAFIncompatibleError, SAFStateError
 from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, module_path, user_frame
 from .routes import Routes
+from .modes import Mode
 
 
 class _Mode(TorchFunctionMode):
@@ -236,7 +237,7 @@ class Runtime(Routes):
 
         SAF-E detaches the added part (a bias gets OTTT's gradient δ, not c[t] δ); SAF-F keeps
         it (the Spike Representation's gradient)."""
-        if self.mode == "E" and torch.is_tensor(shift):
+        if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
         if self.step_mode == "s" and self.t == 0:
             return out
@@ -391,7 +392,7 @@ class Runtime(Routes):
             return x
         if rep.fbad:
             raise self._f_refusal(rep.fbad)
-        if self.mode == "E" or rep.kind == STEP:
+        if self.mode == Mode.E or rep.kind == STEP:
             return self.step_value(x, rep)
         a = x if rep.kind == ACC or rep.acc is None else rep.acc
         if self.step_mode == "m" and not rep.tm:
@@ -442,7 +443,7 @@ def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: 
     ``set_saf(net, None)``."""
     if rt.active:
         return forward(module, *args, **kwargs)
-    if rt.mode == "F" and not rt.probed:
+    if rt.mode == Mode.F and not rt.probed:
         _probe(rt, args, kwargs)
     rt.active = True
     if not rt.started and rt.snapshot is None:

@@ -17,9 +17,10 @@ from torch import nn
 from . import _classes, runtime
 from .check import check, walk
 from .errors import SAFIncompatibleError, SAFStateError
+from .modes import Mode
 from .registry import load_adapters, lookup
 
-MODES = ("E", "F", None)
+MODES = (Mode.E, Mode.F, None)
 
 
 def saf_mode(net: nn.Module) -> Optional[str]:
@@ -75,6 +76,7 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.M
     """
     if mode not in MODES:
         raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
+    mode = None if mode is None else Mode(mode)
     load_adapters()
     own = net.__dict__.get("_saf_rt")
     foreign = next((p for p, m in net.named_modules()

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from .swap import saf_mode
 from .errors import SAFStateError
+from .modes import Mode, keeps_graph
 
 __all__ = ["reset_state", "train_step", "train_epoch", "EpochStats", "SavedTensorMeter"]
 
@@ -131,7 +132,7 @@ def train_step(
         raise ValueError(f"per_step_target=True needs target [T={T}, ...]; got {tuple(target.shape)}")
     if online and optimizer is None:
         raise ValueError("online=True steps the optimizer every time step: pass an optimizer")
-    if online and mode != "E":
+    if online and mode != Mode.E:
         raise SAFStateError(f"online=True needs SAF-E (set_saf(net, 'E')); the model is in "
                             f"mode {mode!r}")
     if reset:
@@ -140,7 +141,7 @@ def train_step(
         optimizer.zero_grad()
     step_mode = _step_mode(net)
 
-    if mode == "F":
+    if mode == Mode.F:
         tgt = _target_at(target, T - 1, per_step_target)
         if step_mode == "m":
             out = _first(net(x_seq))
@@ -149,18 +150,17 @@ def train_step(
             outs = out.detach()
         else:
             outs = None
-            with torch.no_grad():
-                for t in range(T - 1):
-                    outs = _keep(outs, t, T, _first(net(x_seq[t])))
-            y = _first(net(x_seq[T - 1]))
+            for t in range(T):
+                with torch.set_grad_enabled(keeps_graph(mode, t, T)):
+                    y = _first(net(x_seq[t]))
+                outs = _keep(outs, t, T, y if t == T - 1 else y.detach())
             loss = loss_fn(y, tgt)
             loss.backward()
-            outs = _keep(outs, T - 1, T, y)
         if optimizer is not None:
             optimizer.step()
         return loss.detach(), outs
 
-    if mode == "E" and step_mode == "s":
+    if mode == Mode.E and step_mode == "s":
         total = x_seq.new_zeros(())
         outs = None
         for t in range(T):
@@ -213,7 +213,7 @@ def peak_rss_bytes() -> int:
 def prediction(out_seq: Tensor, mode: Optional[str]) -> Tensor:
     """Class scores [B, C] from an output sequence [T, B, C]: the spike representation at
     the last step (SAF-F), else Σ_t o[t]."""
-    return out_seq[-1] if mode == "F" else out_seq.sum(0)
+    return out_seq[-1] if mode == Mode.F else out_seq.sum(0)
 
 
 def train_epoch(

@@ -92,6 +92,7 @@ from .. import _classes, neuron_step
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams, NeuronState
 from ..registry import NeuronAdapter, Spec, lookup, register
+from ..modes import Mode
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
@@ -149,7 +150,7 @@ def _forward(self, input_, mem=None):
             "all neurons together before each sequence (utils.reset(net), or call init_leaky() / "
             "reset_mem() on every neuron, before the first layer runs)")
     p = params(self)
-    if rt.mode == "F" and not p.resets:
+    if rt.mode == Mode.F and not p.resets:
         raise SAFStateError(
             f"{self._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
             "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
@@ -158,7 +159,7 @@ def _forward(self, input_, mem=None):
     rt.paused += 1
     try:
         y, decay_in = rt.neuron_input(input_, lam, st)
-        c = rt.series(lam, like=y)[0] if rt.mode == "F" else None
+        c = rt.series(lam, like=y)[0] if rt.mode == Mode.F else None
         out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
                                                            None if fresh else self.mem)
     finally:

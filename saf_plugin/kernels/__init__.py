@@ -51,6 +51,7 @@ from torch import Tensor
 from .. import core
 from ..errors import SAFError
 from .torch_scan import TorchScan, forward_scan
+from ..modes import Mode
 
 __all__ = ["scan", "available", "BackendUnavailableError", "BACKENDS", "reset_warnings"]
 
@@ -85,7 +86,7 @@ def _sj_legacy() -> bool:
 
 
 def available(backend: str, y: Tensor, surrogate: Optional[Callable] = None,
-              mode: str = "E") -> tuple[bool, str]:
+              mode: str = Mode.E) -> tuple[bool, str]:
     """(can ``backend`` run the scan of ``y`` with ``surrogate``?, why not)."""
     if backend == "torch":
         return True, ""
@@ -102,7 +103,7 @@ def available(backend: str, y: Tensor, surrogate: Optional[Callable] = None,
             return False, "the CuPy kernels need SpikingJelly 0.0.0.0.14 (auto_cuda)"
         if importlib.util.find_spec("cupy") is None:
             return False, "CuPy is not installed"
-        if mode == "E":
+        if mode == Mode.E:
             from .cupy014 import surrogate_codes
 
             if surrogate_codes(surrogate) is None:
@@ -153,7 +154,7 @@ def _triton_available(y: Tensor, surrogate, mode: str) -> tuple[bool, str]:
         from . import triton_scan
     except Exception as e:  # noqa: BLE001 - not installed, or no working driver
         return False, f"Triton cannot be used ({type(e).__name__}: {e})"
-    if mode == "E" and triton_scan.surrogate_spec(surrogate) is None:
+    if mode == Mode.E and triton_scan.surrogate_spec(surrogate) is None:
         return False, (f"surrogate {type(surrogate).__name__} has no Triton derivative "
                        "(SpikingJelly 2.0 surrogates with a float alpha have one)")
     return True, ""
@@ -166,7 +167,7 @@ def _cpu_available(y: Tensor, surrogate, mode: str) -> tuple[bool, str]:
         return False, "the C++ scan needs CPU tensors"
     if y.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         return False, f"the C++ scan runs fp32/fp64 state, not for {y.dtype}"
-    if mode == "E" and cpu_scan.surrogate_kind(surrogate) is None:
+    if mode == Mode.E and cpu_scan.surrogate_kind(surrogate) is None:
         return False, (f"surrogate {type(surrogate).__name__} has no C++ derivative "
                        "(SpikingJelly's Sigmoid and ATan have one)")
     if os.environ.get("SAF_PLUGIN_NO_CPU_SCAN", "") not in ("", "0"):
@@ -192,7 +193,7 @@ def scan(
     theta: float,
     input_scale: Optional[float] = None,
     surrogate: Callable[[Tensor], Tensor],
-    mode: str = "E",
+    mode: str = Mode.E,
     c_last: Union[float, Tensor, None] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor]:
@@ -202,7 +203,7 @@ def scan(
     series c[t] at the last step (mode "F"). Returns (â [T, B, ...] in ``y_seq``'s dtype, with
     the SAF-E or SAF-F graph when grad is enabled; the last â in the state dtype, detached).
     """
-    if mode not in ("E", "F"):
+    if mode not in (Mode.E, Mode.F):
         raise ValueError(f"mode must be 'E' or 'F', not {mode!r}")
     which = _choose(backend, y_seq, surrogate, mode)
     sd = _state_dtype(y_seq)
@@ -212,7 +213,7 @@ def scan(
         from . import triton_scan  # registers torch.ops.saf_plugin.scan_e / scan_f
 
         scale = None if input_scale is None else float(input_scale)
-        if mode == "E":
+        if mode == Mode.E:
             sid, alpha = triton_scan.surrogate_spec(surrogate)
             acc, _, last = torch.ops.saf_plugin.scan_e(y_seq, prev, float(lam), float(theta),
                                                        scale, sid, alpha, grad)
@@ -225,7 +226,7 @@ def scan(
                                                        scale, c)
         return acc, last.detach()  # the state carries no graph
     scale = None if input_scale is None else float(input_scale)
-    if mode == "E":
+    if mode == Mode.E:
         if which == "cupy":
             from .cupy014 import CupyScan
 
