@@ -91,7 +91,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
             status = "exact"
             reason = "container: its children and their operations count"
             fix = ""
-        elif spec.repair is not None:
+        elif spec.fix is not None:
             status, reason, fix = ("exact", "runs per step", "`saf_plugin.fix` replaces it by "
                                    "average pooling (runs on accumulations, faster)")
         else:

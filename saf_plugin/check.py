@@ -135,8 +135,8 @@ def fix(net: nn.Module, *, soft_reset: bool = False) -> list[Finding]:
                 note = spec.neuron.fix(module)
                 if note:
                     changes.append(Finding(path, name, "exact", note, ""))
-        elif spec.repair is not None:
-            new, note = spec.repair(module)
+        elif spec.fix is not None:
+            new, note = spec.fix(module)
             if new is not None:
                 new.train(module.training)
                 replacements.append((path, new))

@@ -2,7 +2,7 @@
 
 Adapters register their classes here (``adapters/torch_nn.py``, ``adapters/spikingjelly.py``,
 ``adapters/snntorch.py``); users extend it with :func:`register_linear`. Only neurons, stateful
-modules, containers and a few repairs are known by class: every other module is judged by the
+modules, containers and a few fixes (speed options) are known by class: every other module is judged by the
 operations its forward runs (``saf_plugin/runtime.py``).
 """
 
@@ -61,8 +61,11 @@ class Spec:
     judge:    module -> (status, reason, fix); None means "exact".
     shift:    for a module declared with :func:`register_linear` that adds a constant:
               (module, out, sample_ndim) -> β, broadcastable against one sample's output.
-    whole:    the module's whole forward runs once per step on accumulations (a user's linear
-              map, :func:`register_linear`), instead of being judged by its operations.
+    whole:    the module's whole forward runs as one operation instead of being judged by its
+              operations: on accumulations (role "linear", :func:`register_linear`) or per
+              step (role "nonlinear", ``register_per_step``).
+    fix:      ``saf_plugin.fix``'s speed option for this module: module -> (replacement or
+              None, note) (MaxPool -> AvgPool).
     dynamics: method names whose overriding in a subclass changes the maths (subclasses that
               override them are not covered by this spec).
     methods:  extra methods of the module's SAF class (e.g. a cache that is only valid because
@@ -74,7 +77,7 @@ class Spec:
     shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
     whole: bool = False
     neuron: Optional[NeuronAdapter] = None
-    repair: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
+    fix: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
     methods: dict[str, Callable] = field(default_factory=dict)
 

@@ -198,9 +198,9 @@ def judge_unknown_state(m: nn.Module):
 register(base.MemoryModule, Spec("stateful", judge=judge_unknown_state, dynamics=()))
 
 
-def repair_maxpool(m: nn.Module):
+def fix_maxpool(m: nn.Module):
     """layer.MaxPoolNd -> layer.AvgPoolNd with the same geometry and step mode."""
-    new, note = torch_nn.repair_maxpool(m)
+    new, note = torch_nn.fix_maxpool(m)
     if new is None:
         return new, note
     sj = getattr(layer, type(new).__name__)
@@ -234,7 +234,7 @@ for _cls in _layers("Dropout", "Dropout2d"):  # one mask per sequence: a product
 for _cls in _layers("WSConv2d", "WSLinear"):
     register(_cls, Spec("linear", methods={"get_weight": cached_standardised_weight}))
 for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
-    register(_cls, Spec("nonlinear", repair=repair_maxpool))
+    register(_cls, Spec("nonlinear", fix=fix_maxpool))
 for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
                     "OTTTSequential"):
     register(_cls, Spec("container"))

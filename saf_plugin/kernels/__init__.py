@@ -7,7 +7,7 @@
 the same, step for step, as :func:`saf_plugin.core.saf_e_step` (mode "E") or
 :func:`saf_plugin.core.saf_f_step` at the last step with steps 0..T−2 graph-free (mode "F"):
 
-    u[t] = κ Y[t] − θ λ â[t−1],   â[t] = λ â[t−1] + H(u[t] − θ)      (â[t−1] a constant)
+    u[t] = ρ Y[t] − θ λ â[t−1],   â[t] = λ â[t−1] + H(u[t] − θ)      (â[t−1] a constant)
 
 Backends (``backend=``):
 
@@ -50,7 +50,7 @@ from torch import Tensor
 
 from .. import core
 from ..errors import SAFError
-from .torch_scan import TorchScan, forward_scan
+from .torch_scan import TorchScan, _fire, forward_scan
 from ..modes import Mode
 
 __all__ = ["scan", "available", "BackendUnavailableError", "BACKENDS", "reset_warnings"]
@@ -199,7 +199,7 @@ def scan(
 ) -> tuple[Tensor, Tensor]:
     """SAF neuron scan over the T steps of ``y_seq`` [T, B, ...].
 
-    ``acc_prev`` is â[t0−1] (None at t = 0), ``input_scale`` κ (None for 1), ``c_last`` the
+    ``acc_prev`` is â[t0−1] (None at t = 0), ``input_scale`` ρ (None for 1), ``c_last`` the
     series c[t] at the last step (mode "F"). Returns (â [T, B, ...] in ``y_seq``'s dtype, with
     the SAF-E or SAF-F graph when grad is enabled; the last â in the state dtype, detached).
     """
@@ -271,8 +271,3 @@ def scan(
     acc = acc_last.unsqueeze(0) if head is None else torch.cat([head, acc_last.unsqueeze(0)])
     return acc.to(y_seq.dtype), acc_last.detach()
 
-
-def _fire(surrogate):
-    def fire(z: Tensor) -> Tensor:
-        return surrogate(z).to(z.dtype)
-    return fire

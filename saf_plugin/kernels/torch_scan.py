@@ -5,10 +5,10 @@ graph per step.
 
 Forward, per step (â[−1] = 0, â[t−1] a constant):
 
-    u[t] = κ Y[t] − θ λ â[t−1],   s[t] = H(u[t] − θ),   â[t] = λ â[t−1] + s[t]
+    u[t] = ρ Y[t] − θ λ â[t−1],   s[t] = H(u[t] − θ),   â[t] = λ â[t−1] + s[t]
 
-(κ = 1 − λ with ``decay_input``, else 1). SAF-E backward is elementwise:
-∂L/∂Y[t] = κ · σ'(z[t]) · ∂L/∂â[t], with σ' the surrogate's own backward.
+(ρ = 1 − λ with ``decay_input``, else 1). SAF-E backward is elementwise:
+∂L/∂Y[t] = ρ · σ'(z[t]) · ∂L/∂â[t], with σ' the surrogate's own backward.
 """
 
 from __future__ import annotations

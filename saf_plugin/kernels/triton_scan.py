@@ -3,9 +3,9 @@
 Tensors are viewed as [T, N] (N = B·…); one program owns BLOCK neurons and loops over t with
 the state â in fp32 registers (docs/theory.md, "Spike accumulation and the SAF forward"):
 
-    u[t] = κ Y[t] − (θλ) â[t−1],   z[t] = u[t] − θ,   s[t] = H(z[t]),   â[t] = λ â[t−1] + s[t]
+    u[t] = ρ Y[t] − (θλ) â[t−1],   z[t] = u[t] − θ,   s[t] = H(z[t]),   â[t] = λ â[t−1] + s[t]
 
-with â[−1] = the carried state (0 when none) and κ = ``scale`` (1 − λ with ``decay_input``).
+with â[−1] = the carried state (0 when none) and ρ = ``scale`` (1 − λ with ``decay_input``).
 
 - Forward (:func:`_forward_kernel`): reads Y (input dtype), writes â (input dtype), the last
   state â[T−1] (fp32) and, only when SAF-E needs a gradient, z (fp32): 8 B/element in fp32
@@ -13,11 +13,11 @@ with â[−1] = the carried state (0 when none) and κ = ``scale`` (1 − λ wit
   compiled with ``enable_fp_fusion=False``), in the order of
   :func:`saf_plugin.kernels.torch_scan.forward_scan`, so â is bit-identical to the PyTorch scan.
 - SAF-E backward (:func:`_e_backward_kernel`), element-wise since â[t−1] is a constant:
-  ∂L/∂Y[t] = σ'(z[t]) · ∂L/∂â[t] · κ, with σ' SpikingJelly 2.0's Triton surrogate derivative.
-- SAF-F backward (:func:`_f_backward_kernel`), last step only: with y = κ Y[T−1],
+  ∂L/∂Y[t] = σ'(z[t]) · ∂L/∂â[t] · ρ, with σ' SpikingJelly 2.0's Triton surrogate derivative.
+- SAF-F backward (:func:`_f_backward_kernel`), last step only: with y = ρ Y[T−1],
   r = max(y, 0)/θ and the series c = c[T−1], â[T−1] carries r − r.detach() (the Spike
   Representation, :func:`saf_plugin.core.saf_f_step`), so
-  ∂L/∂Y[T−1] = κ · [y ≥ 0] · m / θ,  m = g if r < c, g/2 if r = c, 0 otherwise
+  ∂L/∂Y[T−1] = ρ · [y ≥ 0] · m / θ,  m = g if r < c, g/2 if r = c, 0 otherwise
   (PyTorch's clamp/minimum/div rules); ∂L/∂Y[t] = 0 for t < T−1.
 
 bf16 results are rounded to nearest even explicitly (bit arithmetic): compiled Triton rounds
@@ -91,7 +91,7 @@ def _forward_kernel(y_ptr, acc0_ptr, acc_ptr, z_ptr, last_ptr, T, N, lam, theta_
         u = tl.load(y_ptr + off, mask=mask, other=0.0).to(tl.float32)
         if HAS_SCALE:
             u = u * scale
-        u = u - theta_lam * prev  # prev = 0 at t = 0 without state: u stays exactly κY
+        u = u - theta_lam * prev  # prev = 0 at t = 0 without state: u stays exactly ρY
         z = u - theta
         prev = lam * prev + tl.where(z >= 0.0, 1.0, 0.0)
         _store(acc_ptr + off, prev, mask, KIND)
@@ -182,7 +182,7 @@ def _(y, acc0, lam, theta, scale, surrogate_id, alpha, save_z):
 @torch.library.custom_op("saf_plugin::scan_e_backward", mutates_args=())
 def scan_e_backward(grad: Tensor, z: Tensor, scale: Optional[float], surrogate_id: int,
                     alpha: float, dtype: torch.dtype) -> Tensor:
-    """∂L/∂Y = σ'(z) ∂L/∂â κ, element-wise over [T, ...], in ``dtype``."""
+    """∂L/∂Y = σ'(z) ∂L/∂â ρ, element-wise over [T, ...], in ``dtype``."""
     g = grad.contiguous()
     dy = torch.empty(z.shape, device=z.device, dtype=dtype)
     with _on(z):
