@@ -109,20 +109,6 @@ def register_linear(
     register(cls, Spec("linear", shift=shift, whole=True))
 
 
-def spikingjelly_is_legacy() -> bool:
-    """True for SpikingJelly 0.0.0.0.14 (no ``__version__``, no ``_ops``; CuPy backends)."""
-    sj = sys.modules.get("spikingjelly")
-    version = getattr(sj, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-
-            version = dist_version("spikingjelly")
-        except Exception:  # pragma: no cover - not installed as a distribution
-            version = ""
-    return str(version).startswith("0.0.0.0.")
-
-
 def load_adapters() -> None:
     """Import the adapters of the libraries the user has imported (never import them ourselves)."""
     from .adapters import torch_nn  # noqa: F401  (registers on import)

@@ -68,7 +68,7 @@ def reset_warnings() -> None:
     _WARNED.clear()
 
 
-def _sj_legacy() -> bool:
+def spikingjelly_is_legacy() -> bool:
     """True when the imported SpikingJelly is 0.0.0.0.14 (no ``__version__``; the CuPy kernels'
     generation). False when SpikingJelly has not been imported."""
     sj = sys.modules.get("spikingjelly")
@@ -99,7 +99,7 @@ def available(backend: str, y: Tensor, surrogate: Optional[Callable] = None,
             return False, "the CuPy kernels need CUDA tensors"
         if y.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             return False, f"the CuPy kernels run fp32 state for fp32/fp16/bf16, not {y.dtype}"
-        if not _sj_legacy():
+        if not spikingjelly_is_legacy():
             return False, "the CuPy kernels need SpikingJelly 0.0.0.0.14 (auto_cuda)"
         if importlib.util.find_spec("cupy") is None:
             return False, "CuPy is not installed"

@@ -82,7 +82,7 @@ def run_saf(net, x, step_mode):
 
 
 def test_the_spikingjelly_adapter_serves_the_legacy_generation():
-    assert registry.spikingjelly_is_legacy()
+    assert kernels.spikingjelly_is_legacy()
     registry.load_adapters()
     spec = registry.lookup(lif())
     assert spec is not None and spec.neuron is not None
