@@ -22,7 +22,6 @@ import torch
 from torch import Tensor, nn
 
 from . import _classes, neuron_step
-from .errors import SAFStateError
 from .neuron_step import NeuronParams
 from .registry import NeuronAdapter, Spec, load_adapters, register, register_linear
 
@@ -128,11 +127,7 @@ def _judge_per_step(m: nn.Module):
 
 
 def _plain_forward(self, x: Tensor, *args, **kwargs):
-    rt = self.__dict__.get("_saf_rt")
-    if rt is None or not rt.active:
-        raise SAFStateError(
-            f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
-            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    rt = neuron_step.runtime_of(self)
     adapter = self._saf_spec.neuron
     forward = type(self)._saf_base.forward
 

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from . import core
+from .errors import SAFStateError
 from .modes import Mode, keeps_graph
 
 
@@ -208,6 +209,16 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     finally:
         rt.paused -= 1
     return rt.emit(spikes, acc, p.decay)
+
+
+def runtime_of(module):
+    """The runtime of the converted model ``module`` belongs to, while that model runs."""
+    rt = module.__dict__.get("_saf_rt")
+    if rt is None or not rt.active:
+        raise SAFStateError(
+            f"{module._saf_path}: a neuron of a SAF model was called on its own; call the model "
+            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    return rt
 
 
 def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):

@@ -128,7 +128,7 @@ def _forward(self, input_, mem=None):
         self.mem = mem
     if self.init_hidden and mem is not None:
         raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
-    rt = _runtime(self)
+    rt = neuron_step.runtime_of(self)
     if not self.__dict__["_saf_closed"]:
         return _per_step_forward(self, input_, mem)
     last = rt.states.get(id(self))
@@ -174,15 +174,6 @@ def _forward(self, input_, mem=None):
     return spk
 
 
-def _runtime(m: nn.Module):
-    rt = m.__dict__.get("_saf_rt")
-    if rt is None or not rt.active:
-        raise SAFStateError(
-            f"{m._saf_path}: a neuron of a SAF model was called on its own; call the model "
-            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
-    return rt
-
-
 _STATES = ("mem", "syn", "spk", "syn_exc", "syn_inh")  # snnTorch's hidden-state buffers
 
 
@@ -196,7 +187,7 @@ def _detach_states(m: nn.Module) -> None:
 def _per_step_forward(self, input_, *args, **kwargs):
     """The per-step route: snnTorch's own forward, once per step, on the de-accumulated input
     current, with the neuron's state (its buffers and the states passed in) detached."""
-    rt = _runtime(self)
+    rt = neuron_step.runtime_of(self)
     forward = type(self)._saf_base.forward
 
     def one_step(current):

@@ -22,7 +22,6 @@ from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
 
 from .. import _classes, neuron_step
-from ..errors import SAFStateError
 from ..neuron_step import NeuronParams
 from ..registry import NeuronAdapter, Spec, lookup, register
 from . import torch_nn
@@ -88,11 +87,7 @@ def _detach_memories(m: nn.Module) -> None:
 def _forward(self, x, *args, **kwargs):
     if self.__dict__.get("_saf_inner"):  # the neuron's own multi-step forward calls its
         return type(self)._saf_base.single_step_forward(self, x, *args, **kwargs)  # step
-    rt = self.__dict__.get("_saf_rt")
-    if rt is None or not rt.active:
-        raise SAFStateError(
-            f"{self._saf_path}: a neuron of a SAF model was called on its own; call the model "
-            "(saf_plugin.set_saf(net, ...) converts the model you pass it)")
+    rt = neuron_step.runtime_of(self)
     adapter = self._saf_spec.neuron
     if self.__dict__["_saf_closed"]:
         out = neuron_step.forward(rt, self, x, adapter.params(self))
