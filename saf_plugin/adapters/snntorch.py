@@ -1,4 +1,5 @@
-"""snnTorch 1.0 (``snntorch``): ``snn.Leaky`` under SAF, and what is refused.
+"""snnTorch 1.0 (``snntorch``) under SAF: ``snn.Leaky`` in closed form, the other neurons per
+step, and what is refused.
 
 The neuron snnTorch runs (``_neurons/leaky.py``, ``neurons.py``; β = ``beta.clamp(0, 1)``,
 θ = ``threshold``, g = ``graded_spikes_factor``, r[t] = H(mem[t−1] − θ) detached)::
@@ -19,23 +20,21 @@ With â[t] = β â[t−1] + s[t] (unscaled spikes) and Y[t] = Σ_k β^k I[t−k]
 so the snnTorch reset without decay is the SAF step with κ = 1. The layer passes on the
 accumulation of its graded spikes, ô[t] = β ô[t−1] + g s[t] (= â when g = 1).
 
-Under SAF a converted ``Leaky`` returns what snnTorch returns, with the spike slot holding ô[t]
-for hidden neurons (the next layer needs the accumulation) and the real spikes g s[t] at the
-model's exit. The membrane slot always holds the true membrane mem[t], so ``mem_rec`` lists and
-membrane losses do not change. ``self.mem`` is kept equal to snnTorch's.
+Under SAF a converted ``Leaky`` returns what snnTorch returns: its real spikes g s[t] (tagged
+with ô[t] for the layers after it) and the true membrane mem[t], so ``mem_rec`` lists and
+membrane losses do not change. ``self.mem`` is kept equal to snnTorch's. The maths is
+:func:`saf_plugin.neuron_step.step_with_membrane`.
+
+A ``Leaky`` without a closed form (reset "zero", inhibition, state_quant, per-neuron β or θ,
+θ ≤ 0) and ``Synaptic``, ``Lapicque``, ``RLeaky``, ``RSynaptic`` run per step
+(:func:`saf_plugin.neuron_step.per_step`): snnTorch's own ``forward`` on the de-accumulated input
+current, with the hidden states (``mem``, ``syn``, ``spk``) and the states passed in detached.
 
 SAF state follows snnTorch's own state: a neuron is reset when its ``mem`` is no longer the
 tensor SAF stored (``utils.reset`` / ``reset_hidden``, ``reset_mem``, ``init_leaky``, passing
 a new ``mem``) or when its shape differs from the input's (a new batch size). Nothing here uses
-``SpikingNeuron.instances``. A foreign nonzero ``mem`` (SAF cannot start from a charged
-membrane) and a neuron reset in the middle of a sequence raise :class:`SAFStateError`.
-
-Model layout: as everywhere in saf-plugin, the model's first registered module is its entry
-(it accumulates the network input) and its last registered module its exit, so a module that
-loops over steps itself must define its layers in the order ``forward`` uses them (tutorial 5
-does). One ``snn.Leaky`` object used for two layers raises :class:`SAFStateError`. A neuron
-passes on its spikes accumulated with the β of the neuron that receives them (learned at step
-0), so mixed β need no re-accumulation and the weight gradient stays OTTT's.
+``SpikingNeuron.instances``. A foreign nonzero ``mem`` (the closed form cannot start from a
+charged membrane) and a neuron reset in the middle of a sequence raise :class:`SAFStateError`.
 
 Gradients (history detached, as OTTT's instantaneous gradient): ∂mem[t]/∂β = mem[t−1] for a
 learnable β, ∂mem[t]/∂θ = −r[t] for a learnable θ (plus −1 through the spike), d spk/dg = s[t].
