@@ -84,7 +84,7 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
 
     from .training import reset_state
 
-    probe = copy.deepcopy(net)
+    probe = _copy(net)
     reset_state(probe)
     set_saf(probe, mode)
     rt = probe.__dict__["_saf_rt"]
@@ -106,6 +106,18 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
                   "(exact; element-wise extra work)")
         out.append(Finding(where, op, "exact", reason, ""))
     return out
+
+
+def _copy(net: nn.Module) -> nn.Module:
+    """A deep copy of ``net``, also right after a plain forward with autograd (whose state
+    tensors carry a graph, which deepcopy refuses): those are copied detached."""
+    memo = {}
+    for m in net.modules():
+        for d in (m.__dict__, m._buffers, m.__dict__.get("_memories") or {}):
+            for v in d.values():
+                if torch.is_tensor(v) and v.grad_fn is not None:
+                    memo[id(v)] = v.detach().clone()
+    return copy.deepcopy(net, memo)
 
 
 def fix(net: nn.Module, *, soft_reset: bool = False) -> list[Finding]:

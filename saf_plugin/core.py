@@ -164,7 +164,8 @@ def saf_f_step(
     gradient in backward.
 
     In rate units a = â[t]/c[t], ȳ = Y[t]/c[t] the Spike Representation of a soft-reset LIF
-    is a ≈ clamp(ȳ/θ, 0, 1), so the backward is dâ/dY = 1[0 < Y < θ c[t]] / θ.
+    is a ≈ clamp(ȳ/θ, 0, 1), so the backward is dâ/dY = 1[0 < Y < θ c[t]] / θ (at the two
+    ends, Y = 0 and Y = θ c[t] exactly, torch's clamp/minimum give 1/θ and 1/(2θ)).
     ``spike_fn`` is the forward Heaviside (default H(x) = [x >= 0]; snnTorch's surrogates use
     [x > 0]); ``reset_decay`` as in :func:`lif_spike`.  Returns (â[t], u[t]).
     """

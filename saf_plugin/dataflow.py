@@ -77,7 +77,8 @@ class Refusal(Exception):
 
 def user_frame() -> str:
     """file:line of the innermost frame outside torch and saf_plugin (the forward that runs the
-    operation), and the path of the innermost module of the converted model that runs it."""
+    operation; for a torch.nn module, the line of its own forward), and the path of the innermost
+    module of the converted model that runs it."""
     where, path = "<unknown>", None
     f = sys._getframe(1)
     while f is not None:
@@ -88,6 +89,8 @@ def user_frame() -> str:
         owner = f.f_locals.get("self")
         if path is None and isinstance(owner, nn.Module) and "_saf_path" in owner.__dict__:
             path = owner.__dict__["_saf_path"] or "<root>"
+            if where == "<unknown>":  # a torch.nn module's own forward: its line, not the caller's
+                where = f"{f.f_code.co_filename}:{f.f_lineno}"
         if where != "<unknown>" and path is not None:
             break
         f = f.f_back

@@ -120,6 +120,7 @@ def load_adapters() -> None:
 
 def lookup_class(cls: type) -> Optional[Spec]:
     """The spec of ``cls`` (see :func:`lookup`)."""
+    load_adapters()
     cls = getattr(cls, "_saf_base", cls)
     for klass in cls.__mro__:
         spec = _REGISTRY.get(klass)

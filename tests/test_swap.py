@@ -213,10 +213,6 @@ def test_check_with_an_input_leaves_the_model_and_its_state_as_they_were(float64
     assert all(torch.equal(a, b) for a, b in zip(after, v))
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "package bug: check(net, x) deep-copies the model before resetting the copy, so right "
-    "after a plain forward with autograd (a membrane with a graph) it raises deepcopy's "
-    "RuntimeError, though check 'never raises on a model it can walk'"))
 def test_check_with_an_input_right_after_a_plain_forward_with_autograd(float64):
     net = M.mlp()
     x = torch.rand(B, 12)
