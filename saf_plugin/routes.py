@@ -72,6 +72,7 @@ class Routes:
         flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
         if not any(a in self.reps for a in flat) or name in _CREATE:
             return func(*args, **kwargs)
+        self.no_checkpoint()
         bad = next((r.fbad for r in map(self.reps.get, flat) if r is not None and r.fbad), None)
         if bad is not None:
             raise self._f_refusal(bad)

@@ -16,9 +16,12 @@ the per-sequence state, reset with each library's own reset. See docs/theory.md.
 
 from __future__ import annotations
 
+import sys
+from inspect import unwrap
 from typing import Any, Callable, Optional
 
 import torch
+import torch.utils.checkpoint as _ckpt
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten, tree_map
@@ -42,6 +45,43 @@ class _Mode(TorchFunctionMode):
         if rt.paused:
             return func(*args, **kwargs)
         return rt.dispatch(func, args, kwargs)
+
+
+# torch.utils.checkpoint's frames: checkpoint() (both variants), the reentrant Function's forward
+_CK_CALL = getattr(unwrap(_ckpt.checkpoint), "__code__", None)
+_CK_FORWARD = getattr(getattr(getattr(_ckpt, "CheckpointFunction", None), "forward", None),
+                      "__code__", None)
+
+
+def no_checkpoint(whole: bool = False) -> None:
+    """Refuse an operation of a SAF forward that runs inside ``torch.utils.checkpoint``.
+
+    Its backward recomputes the block outside the engine (the engine's mode is active only
+    during the forward), where neurons refuse to run and per-step operations (max pooling, ...)
+    would run on accumulations: an error in backward, or silently wrong gradients. One walk up
+    the stack per routed operation, the same for both variants on every torch version (up to
+    the engine's entry; ``whole``: the whole stack, once per call, for a checkpoint around the
+    model)."""
+    f = sys._getframe(1)
+    while f is not None and f.f_code is not _CK_CALL and f.f_code is not _CK_FORWARD:
+        if f.f_code is _RUN and not whole:
+            return
+        f = f.f_back  # (identity: hashing a code object hashes its bytecode)
+    if f is None:
+        return
+    variant = ""
+    while f is not None and "/torch/" in f.f_code.co_filename.replace("\\", "/"):
+        if f.f_code is _CK_CALL:
+            variant = f" (use_reentrant={f.f_locals.get('use_reentrant')})"
+        f = f.f_back
+    where = "<unknown>" if f is None else f"{f.f_code.co_filename}:{f.f_lineno}"
+    raise Refusal(Finding(
+        module_path(), "torch.utils.checkpoint", "unsupported",
+        f"torch.utils.checkpoint{variant} at {where} recomputes its block in backward, outside "
+        "the SAF engine, where the block's neurons and per-step operations (max pooling, ...) "
+        "do not run as in the forward: its gradients would be wrong",
+        "remove torch.utils.checkpoint under SAF; SAF-E's memory is already flat in T (a "
+        "backward at every step keeps one step's graph)"))
 
 
 # --------------------------------------------------------------------------- the runtime
@@ -307,6 +347,8 @@ class Runtime(Routes):
 
     # ----------------------------------------------------------------- neurons
 
+    no_checkpoint = staticmethod(no_checkpoint)  # (routes.py: every routed operation)
+
     def slot(self, module: nn.Module, make: Callable[[], Any]) -> Any:
         """The SAF state of neuron ``module`` for this sequence (a neuron called twice in one
         step is refused: its two calls would share one membrane)."""
@@ -317,6 +359,7 @@ class Runtime(Routes):
                 "calls share one membrane, so each call starts from the state the other left, "
                 "which has no closed form in accumulations",
                 "give every layer its own neuron object"))
+        no_checkpoint()  # a neuron inside torch.utils.checkpoint
         self.slots[id(module)] = 1
         if id(module) not in self.states:
             self.states[id(module)] = make()
@@ -450,6 +493,7 @@ def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: 
         rt.snapshot = [(m, k, b if b is None else b.clone()) for m in rt.root.modules()
                        for k, b in m._buffers.items()]
     try:
+        no_checkpoint(whole=True)
         rt.begin(args)
         with _Mode(rt):
             out = forward(module, *args, **kwargs)
@@ -472,3 +516,6 @@ def run(rt: Runtime, module: nn.Module, forward: Callable, args: tuple, kwargs: 
         raise
     finally:
         rt.active = False
+
+
+_RUN = unwrap(run).__code__  # the engine's entry: no_checkpoint's walk stops there
