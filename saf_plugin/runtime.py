@@ -229,8 +229,9 @@ class Runtime(Routes):
                 "init_leaky() at the top of forward, or utils.reset(net) between sequences)")
 
     def next_step(self) -> None:
-        """A forward that loops over time itself (snnTorch tutorial 5) started its next step."""
-        self.end()
+        """A forward that loops over time itself (snnTorch tutorial 5) started its next step
+        (the first call keeps learning which sites need their previous output until it ends:
+        readouts stacked over the loop are de-accumulated at the model's output)."""
         self.t += self.steps
         self.call += 1
         self.op = self.loop_op
@@ -354,7 +355,8 @@ class Runtime(Routes):
         step is refused: its two calls would share one membrane)."""
         if self.slots.get(id(module)):
             raise Refusal(Finding(
-                getattr(module, "_saf_path", ""), type(module).__name__, "unsupported",
+                getattr(module, "_saf_path", ""),
+                getattr(type(module), "_saf_base", type(module)).__name__, "unsupported",
                 f"this neuron object ran twice in one time step (at {user_frame()}): its two "
                 "calls share one membrane, so each call starts from the state the other left, "
                 "which has no closed form in accumulations",

@@ -151,10 +151,6 @@ def test_a_forward_that_loops_over_time_is_exact(float64):
     torch.testing.assert_close(saf_f(x), expected, rtol=0, atol=1e-13)
 
 
-@pytest.mark.xfail(strict=True, raises=SAFStateError, reason=(
-    "package bug: the first call after set_saf(net, 'E') of a forward that loops over time and "
-    "stacks its readouts raises 'its previous step was not kept' (the learning first call drops "
-    "the readout's previous accumulation when the loop's next step starts); the next call works"))
 def test_a_forward_that_loops_over_time_and_stacks_readouts_is_exact_from_the_first_call(float64):
     net, x, ref = _loop(readout=True)
     saf = converted(net, "E")
@@ -167,10 +163,6 @@ def test_a_forward_that_loops_over_time_and_stacks_readouts_is_exact_after_the_f
     net, x, ref = _loop(readout=True)
     saf = converted(net, "E")
     functional.reset_net(saf)
-    try:  # (see the xfail above)
-        saf(x)
-    except SAFStateError:
-        functional.reset_net(saf)
     for _ in range(2):
         functional.reset_net(saf)
         torch.testing.assert_close(saf(x), ref, rtol=0, atol=1e-13)
