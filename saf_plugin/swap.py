@@ -14,7 +14,7 @@ from typing import Optional
 
 from torch import nn
 
-from . import _classes, runtime
+from . import _classes, engine, runtime
 from .check import check, walk
 from .errors import SAFIncompatibleError, SAFStateError
 from .modes import Mode
@@ -39,7 +39,7 @@ def invalidate_reset_cache(net: nn.Module) -> None:
 def root_class(cls: type) -> type:
     """The model itself: its forward runs under the engine."""
     def forward(self, *args, **kwargs):
-        return runtime.run(self._saf_rt, self, cls.forward, args, kwargs)
+        return engine.entry()(self._saf_rt, self, cls.forward, args, kwargs)
 
     return _classes.make("root", cls, {"forward": forward})
 

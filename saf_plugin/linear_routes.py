@@ -1,0 +1,213 @@
+"""Linear maps between neurons, once per step on accumulations (a mixin of
+:class:`saf_plugin.runtime.Runtime`, dispatched by :mod:`saf_plugin.routes`).
+
+A linear map A commutes with the accumulation: A(Σ_k λ^k v[t−k]) = Σ_k λ^k A v[t−k], so it runs
+once on the accumulated input; an additive constant β (a bias, BatchNorm's shift) is scaled by
+c[t] = Σ_k λ^k. linear, conv, average pooling, eval-mode batch_norm, add/sub of branches and
+constants, mul/div by constants, matmul with a constant, sum/mean over non-time dims, cat/stack
+of one decay, and the modules declared with ``register_linear``. See docs/theory.md ("When SAF
+is exact: the data flow").
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
+
+from .dataflow import _CONV, ACC, SPIKE, STEP, Rep, Site
+from .modes import Mode
+
+
+class LinearRoutes:
+    """The linear-map routes of the runtime."""
+
+    def _linear_op(self, bias_at):
+        def run(func, name, args, kwargs):
+            args, kwargs = list(args), dict(kwargs)
+            consts = [a for a in tree_flatten((args[1:], kwargs))[0] if torch.is_tensor(a)]
+            if any(a in self.reps for a in consts):
+                return NotImplemented  # e.g. a weight computed from the input: per step
+            site = self.site(name, tuple(args))
+            self._note(site.where, name, "on accumulations")
+            bias = None
+            if bias_at is not None:
+                bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+            x = args[0]
+            a, lam = self.accumulated(x, site)
+            args[0] = a
+            out = self._split_call(func, args, kwargs, a)
+            if bias is not None:
+                shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
+                b = bias.view(shape)
+                out = self._shift(out, b, lam)  # the call added b once
+            return self._acc_out(out, lam, site, inputs=(x,))
+        return run
+
+    def _split_call(self, func, args, kwargs, a: Tensor):
+        """SAF-F in step mode 'm': the rows of steps 0..T−2 run without a graph
+        (``modes.keeps_graph``); only the last step's is kept."""
+        if not (self.mode == Mode.F and self.step_mode == "m" and self.steps > 1
+                and torch.is_grad_enabled() and self._tm(a)):
+            return func(*args, **kwargs)
+        k = a.shape[0] * (self.steps - 1) // self.steps
+        head, tail = list(args), list(args)
+        head[0], tail[0] = a[:k], a[k:].clone()
+        with torch.no_grad():
+            h = func(*head, **kwargs)
+        return torch.cat([h, func(*tail, **kwargs)])
+
+    def _acc_out(self, out: Tensor, lam: float, site: Site, raw: bool = False,
+                 inputs: tuple = ()) -> Tensor:
+        prev = site.out_prev
+        up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
+                   for u in self.reps[a].sites if self.reps[a].kind == ACC)
+        if self.learning or site.needs_prev:
+            site.out_prev = (out.detach() if self.step_mode == "s"
+                             else out.detach().unflatten(0, (self.steps, -1))[-1])
+        self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=None, prev=prev,
+                             tm=self._tm(out), site=site, raw=raw, sites=(site, *up))
+        return out
+
+    def _batch_norm(self, func, name, args, kwargs):
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training",
+                 "momentum", "eps")
+        b = dict(zip(names, args))
+        b.update(kwargs)
+        if b.get("training", False) or b.get("running_mean") is None:
+            return NotImplemented  # batch statistics: per step
+        if any(torch.is_tensor(v) and v in self.reps for k, v in b.items() if k != "input"):
+            return NotImplemented
+        x = b["input"]
+        site = self.site(name, (x, b.get("weight"), b["running_mean"]))
+        self._note(site.where, "batch_norm (eval)", "on accumulations")
+        a, lam = self.accumulated(x, site)
+        vals = [b.get(k) for k in names]
+        vals[0] = a
+        out = self._split_call(func, vals, {}, a)
+        inv = torch.rsqrt(b["running_var"] + b.get("eps", 1e-5))
+        shift = -b["running_mean"] * inv
+        if b.get("weight") is not None:
+            shift = shift * b["weight"]
+        if b.get("bias") is not None:
+            shift = shift + b["bias"]
+        out = self._shift(out, shift.view(-1, *([1] * (a.dim() - 2))), lam)
+        return self._acc_out(out, lam, site, inputs=(x,))
+
+    def _decay_of(self, a) -> Optional[float]:
+        if torch.is_tensor(a) and a in self.reps:
+            rep = self.reps[a]
+            if rep.call == self.call and rep.kind in (ACC, SPIKE):
+                return rep.decay
+        return None
+
+    def _add(self, func, name, args, kwargs):
+        if "alpha" in kwargs or len(args) != 2:
+            return NotImplemented
+        tagged = [torch.is_tensor(a) and a in self.reps for a in args]
+        decays = {self._decay_of(a) for a, t in zip(args, tagged) if t} - {None}
+        if not all(tagged):
+            c = args[tagged.index(False)]
+            other = args[tagged.index(True)]
+            if self.step_mode == "m" and torch.is_tensor(c) and c.dim() >= other.dim():
+                return NotImplemented  # a constant with a time dimension: per step
+        site = self.site(name, args)
+        self._note(site.where, name, "on accumulations")
+        lam = site.recv if site.recv is not None and self.step_mode == "s" else (
+            decays.pop() if decays else None)
+        vals = list(args)
+        for i, a in enumerate(args):
+            if tagged[i]:
+                vals[i], lam = self.accumulated(a, site, slot=i, lam=lam)
+        raw = all(self.reps[a].raw for a, t in zip(args, tagged) if t)
+        out = func(*vals, **kwargs)
+        if not all(tagged):
+            i = tagged.index(False)
+            c = args[i]
+            neg = (name == "sub" and i == 1) or (name == "rsub" and i == 0)
+            if torch.is_tensor(c) or c != 0:
+                out = self._shift(out, -c if neg else c, lam)
+        return self._acc_out(out, lam, site, raw, inputs=args)
+
+    def _linear_generic(self, func, name, args, kwargs):
+        """mul/div by constants, matmul with a constant, sums and means over non-time dims,
+        cat/stack of accumulations of one decay."""
+        if name in ("cat", "concat", "concatenate", "stack"):
+            seq = args[0]
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            if self.mode == Mode.F and self.step_mode == "s" and all(
+                    torch.is_tensor(a) and a in self.reps for a in seq) and any(
+                    self.reps[a].call != self.call for a in seq):
+                return self._collect(func, seq, args[1:], kwargs)
+            if self.step_mode == "m" and int(dim) % (seq[0].dim() + (name == "stack")) == 0:
+                return NotImplemented
+            decays = [self._decay_of(a) for a in seq]
+            if None in decays or len(set(decays)) != 1:
+                return NotImplemented
+            site = self.site(name, tuple(seq))
+            self._note(site.where, name, "on accumulations")
+            vals = [self.accumulated(a, site, i)[0] for i, a in enumerate(seq)]
+            out = func(vals, *args[1:], **kwargs)
+            return self._acc_out(out, decays[0], site, inputs=tuple(seq))
+        if name in ("sum", "mean"):
+            x = args[0]
+            if self.reps[x].kind == SPIKE:
+                return NotImplemented  # spike counts and rates: on the real spikes
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else None)
+            if dim is None and self.step_mode == "m":
+                return NotImplemented
+            if dim is not None and self.step_mode == "m" and any(
+                    int(d) % x.dim() == 0 for d in (dim if isinstance(dim, (tuple, list))
+                                                    else [dim])):
+                return NotImplemented
+            if kwargs.get("dtype") is not None:
+                return NotImplemented
+        tagged = [i for i, a in enumerate(args) if torch.is_tensor(a) and a in self.reps]
+        if len(tagged) != 1 or any(torch.is_tensor(v) and v in self.reps
+                                   for v in kwargs.values()):
+            return NotImplemented  # a product of two input-dependent tensors: per step
+        i = tagged[0]
+        if name in ("div", "truediv") and i != 0:
+            return NotImplemented
+        if name in ("matmul", "mm", "bmm", "rmatmul") and self.step_mode == "m":
+            if (i == 1) != (name == "rmatmul") and args[i].dim() < 3:
+                return NotImplemented  # W @ x would contract the time dimension
+        site = self.site(name, args if i == 0 else (args[i], *args[:i], *args[i + 1:]))
+        self._note(site.where, name, "on accumulations")
+        vals = list(args)
+        vals[i], lam = self.accumulated(args[i], site)
+        out = func(*vals, **kwargs)
+        return self._acc_out(out, lam, site, self.reps[args[i]].raw, inputs=(args[i],))
+
+    def _collect(self, func, seq, rest, kwargs):
+        """SAF-F, a forward that loops over time and stacks its per-step outputs (snnTorch
+        tutorial 5): each is turned into its output form (the spike representation A[t]/c[t]),
+        and the result may only leave the model."""
+        out = func([self._output_one(a) for a in seq], *rest, **kwargs)
+        self.reps[out] = Rep(STEP, self.call, self.t, tm=False, fout=True)
+        return out
+
+    def user_linear(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
+        """A module declared with register_linear: its forward, once, on the accumulated input
+        (its constant, if it declared one, scaled by c[t])."""
+        x = args[0]
+        if not self.active or self.paused or not (torch.is_tensor(x) and x in self.reps):
+            return forward(module, *args, **kwargs)
+        name = type(module)._saf_base.__name__
+        site = self.site(name, (x, *args[1:]))
+        self._note(site.where, name, "on accumulations")
+        a, lam = self.accumulated(x, site)
+        self.paused += 1
+        try:
+            out = forward(module, a, *args[1:], **kwargs)
+        finally:
+            self.paused -= 1
+        spec = module._saf_spec
+        if spec.shift is not None:
+            unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
+            shift = spec.shift(module, out, out.dim() - 1 - unfolded)
+            if shift is not None:
+                out = self._shift(out, shift, lam)
+        return self._acc_out(out, lam, site, inputs=(x,))
