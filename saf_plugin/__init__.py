@@ -7,6 +7,7 @@
     saf_plugin.set_saf(net, None)  # back to the ordinary spiking model
 """
 
+from .adapters import torch_nn as _torch_nn  # noqa: F401  (registers torch.nn's entries)
 from .check import check, fix
 from .swap import saf_mode, set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError

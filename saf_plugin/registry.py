@@ -110,9 +110,8 @@ def register_linear(
 
 
 def load_adapters() -> None:
-    """Import the adapters of the libraries the user has imported (never import them ourselves)."""
-    from .adapters import torch_nn  # noqa: F401  (registers on import)
-
+    """Import the adapters of the libraries the user has imported (never import them ourselves;
+    torch.nn's is imported with the package)."""
     for lib, adapter in _ADAPTERS.items():
         if lib in sys.modules:
             importlib.import_module(adapter)

@@ -1,16 +1,18 @@
-"""The SAF engine: one forward of a converted model, read from its data flow.
+"""The SAF runtime: one forward of a converted model, read from its data flow.
 
-While a converted model runs, a :class:`torch.overrides.TorchFunctionMode` sees every tensor
-operation of its forward (module internals, functional calls, tensor methods, ``*``, ``@``,
-indexing) and hands it to :class:`Runtime`, which routes it (``saf_plugin/routes.py``) by what
-the tensors are (``saf_plugin/dataflow.py``): linear maps once per step on accumulations,
+While a converted model runs (``saf_plugin/engine.py``), a
+:class:`torch.overrides.TorchFunctionMode` sees every tensor operation of its forward (module
+internals, functional calls, tensor methods, ``*``, ``@``, indexing) and hands it to
+:class:`Runtime`, which routes it (``saf_plugin/routes.py``, ``saf_plugin/linear_routes.py``) by
+what the tensors are (``saf_plugin/dataflow.py``): linear maps once per step on accumulations,
 shape operations on the value, everything else per step on the real values.
 
 Neurons (class-swapped in place, ``saf_plugin/swap.py``) take their input current in any
-representation, run SAF's closed form and return the real spikes (so hooks, monitors, losses
-and the model output see 0/1 spikes) tagged with their accumulation. At the model's output an
+representation, run SAF's closed form or their own step (``saf_plugin/neuron_step.py``) and
+return the real spikes (so hooks, monitors, losses and the model output see 0/1 spikes)
+tagged with their accumulation. At the model's output an
 accumulation is de-accumulated (SAF-E) or divided by c[t] (SAF-F: the spike representation).
-The runtime also keeps the clock (the step index t, the steps T of a call in step mode 'm') and
+The runtime also keeps the step index t and the steps T of a call (step mode 'm'), and
 the per-sequence state, reset with each library's own reset. See docs/theory.md.
 """
 
@@ -36,7 +38,7 @@ from .routes import Routes
 
 
 class Runtime(Routes, LinearRoutes):
-    """Per-model state of a converted model: the mode, the clock, the sites, the tags."""
+    """Per-model state of a converted model: the mode, the step index, the sites, the tags."""
 
     def __init__(self, root: nn.Module, mode: str, strict: bool, neurons: list, adapters: list):
         self.root, self.mode, self.strict = root, mode, strict
@@ -89,7 +91,7 @@ class Runtime(Routes, LinearRoutes):
     def __setstate__(self, state):
         self.__init__(**state)
 
-    # ----------------------------------------------------------------- the clock
+    # ----------------------------------------------------------------- steps and sequences
 
     def begin(self, args: tuple) -> None:
         self.step_mode = next((m.step_mode for m in self.neurons
@@ -202,7 +204,7 @@ class Runtime(Routes, LinearRoutes):
         return self.step_mode == "s" or (x.dim() > 0 and x.shape[0] % self.steps == 0)
 
     def series(self, lam: float, like: Tensor) -> Tensor:
-        """c[t] for the rows of this call: [steps] (cached while the clock stands still)."""
+        """c[t] for the rows of this call: [steps] (cached while t stays the same)."""
         key = (self.t, self.steps, float(lam), like.dtype, like.device)
         c = self._series.get(key)
         if c is None:
