@@ -12,24 +12,7 @@ from torch import nn
 import saf_plugin
 from saf_plugin import SAFIncompatibleError
 import sj_models as M
-
-
-def fingerprint(net):
-    """Everything set_saf might disturb: classes, attribute names, state, parameter objects."""
-    return (
-        [(n, type(m)) for n, m in net.named_modules()],
-        [(n, sorted(m.__dict__)) for n, m in net.named_modules()],
-        [(n, sorted(getattr(m, "_memories", {}))) for n, m in net.named_modules()],
-        {k: v.clone() for k, v in net.state_dict().items()},
-        [id(p) for p in net.parameters()],
-    )
-
-
-def assert_same(a, b):
-    assert a[0] == b[0] and a[1] == b[1] and a[2] == b[2] and a[4] == b[4]
-    assert a[3].keys() == b[3].keys()
-    for k in a[3]:
-        assert torch.equal(a[3][k], b[3][k]), k
+from sj_models import assert_same, fingerprint
 
 
 def test_training_under_saf_updates_the_users_parameters(float64):
