@@ -1,10 +1,12 @@
 """The two routes of a SAF neuron: the closed form and the per-step route.
 
-Closed form (:func:`forward`; soft-reset LIF/IF/PLIF, snnTorch ``Leaky``): the runtime
-(:mod:`saf_plugin.runtime`) hands over the input current as an accumulation Y (with the decay it
-was accumulated with) and the neuron fires from Y and its own spike accumulation alone; the maths
-is :mod:`saf_plugin.core` (step mode 's') or the scan of :mod:`saf_plugin.kernels` (step mode 'm').
-An adapter only says how to read the neuron's parameters (:class:`NeuronParams`).
+Closed form (soft-reset LIF/IF/PLIF: :func:`forward` and :func:`step`; snnTorch ``Leaky``, which
+also returns its membrane: :func:`step_with_membrane`): the runtime (:mod:`saf_plugin.runtime`)
+hands over the input current as an accumulation Y (with the decay it was accumulated with) and
+the neuron fires from Y and its own spike accumulation alone; the maths is
+:mod:`saf_plugin.core` (step mode 's') or the scan of :mod:`saf_plugin.kernels` (step mode
+'m'). Adapters read the neuron's parameters (:class:`NeuronParams`); the state of a sequence is
+one :class:`NeuronState` per neuron, kept by the runtime.
 
 Per step (:func:`per_step`; every other neuron): the input current is de-accumulated,
 I[t] = Y[t] − λ Y[t−1], and the neuron's own one-step function runs on it with its state

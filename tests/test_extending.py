@@ -9,26 +9,14 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import base, functional, layer, neuron, surrogate
 from torch import nn
 
 import saf_plugin
 from corpus_harness import calibrate, run
+from references import Spike, TraceLinear
 
 T, B = 6, 3
-
-
-class Heaviside(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / (1 + 4 * x.abs()) ** 2
 
 
 class MyLIF(nn.Module):
@@ -44,7 +32,7 @@ class MyLIF(nn.Module):
     def forward(self, x):
         v = torch.zeros_like(x) if self.v is None else self.v
         v = v + (x - v) / self.tau
-        s = Heaviside.apply(v - self.v_threshold)
+        s = Spike.apply(v - self.v_threshold)
         self.v = v * (1 - s)
         return s
 
@@ -87,18 +75,6 @@ def test_a_users_neuron_runs_per_step_exactly_over_two_sequences():
         assert torch.allclose(got, ref, rtol=0, atol=1e-9)
     with pytest.raises(saf_plugin.SAFIncompatibleError, match="closed form"):
         saf_plugin.set_saf(copy.deepcopy(net), "F")
-
-
-class TraceLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s, trace, weight, bias):
-        ctx.save_for_backward(trace, weight)
-        return F.linear(s, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        trace, weight = ctx.saved_tensors
-        return grad @ weight, None, grad.T @ trace, grad.sum(0)
 
 
 def test_a_users_neuron_gets_ottts_gradient():
@@ -266,3 +242,37 @@ def test_a_users_snntorch_neuron_subclass_runs_per_step():
     saf_plugin.set_saf(saf, "E")
     for _ in range(2):
         assert torch.equal(run(saf, x, "s"), ref)
+
+
+class MyHardLIF(base.MemoryModule):
+    """A SpikingJelly memory module (not a BaseNode) with a hard reset, overriding forward."""
+
+    def __init__(self, tau=2.0, v_threshold=1.0):
+        super().__init__()
+        self.tau, self.v_threshold = tau, v_threshold
+        self.register_memory("v", 0.0)
+
+    def forward(self, x):
+        v = self.v + (x - self.v) / self.tau
+        s = Spike.apply(v - self.v_threshold)
+        self.v = v * (1 - s)
+        return s
+
+
+saf_plugin.register_neuron(MyHardLIF, decay=lambda m: 1 - 1 / m.tau)
+
+
+def test_a_users_memory_module_runs_per_step():
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(8, 16), MyHardLIF(v_threshold=0.35), layer.Linear(16, 6),
+                        MyHardLIF(v_threshold=0.2)).double()
+    x = torch.rand(T, B, 8, dtype=torch.float64) * 2
+    hidden = []
+    net[1].register_forward_hook(lambda m, i, o: hidden.append(o.detach()))
+    ref = run(net, x, "s")
+    assert 0 < float(ref.mean()) < 1 and 0 < float(torch.stack(hidden).mean()) < 1
+    functional.reset_net(net)
+    assert saf_plugin.check(net)[0].reason.startswith("per step")
+    saf = saf_plugin.set_saf(copy.deepcopy(net), "E")
+    for _ in range(2):  # reset_net starts each sequence
+        assert torch.allclose(run(saf, x, "s"), ref, rtol=0, atol=1e-9)

@@ -15,29 +15,14 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 import saf_plugin
 from corpus_harness import FiringRecorder, calibrate, reset, run
+from references import TraceLinear, spike_grad
 
 T, B = 6, 3
-
-
-class TraceLinear(torch.autograd.Function):
-    """y = W s + b; backward: ∂/∂s = W (as usual), ∂/∂W = δ âᵀ with the trace â (OTTT)."""
-
-    @staticmethod
-    def forward(ctx, s, trace, weight, bias):
-        ctx.save_for_backward(trace, weight)
-        return F.linear(s, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        trace, weight = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        return (grad @ weight, None, g.T @ trace.reshape(-1, trace.shape[-1]), g.sum(0))
 
 
 def _liaf():
@@ -231,24 +216,6 @@ snn = pytest.importorskip("snntorch")
 from snntorch import utils  # noqa: E402
 
 
-class Spike(torch.autograd.Function):
-    """A surrogate that keeps the dtype (snnTorch's own emit float32 spikes, which a float64
-    model cannot take): H(x) forward, a fast-sigmoid derivative backward."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x > 0).to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad / (1 + 5 * x.abs()) ** 2
-
-
-def spike_grad(x):
-    return Spike.apply(x)
-
 def _beta(m):
     return float(m.beta.clamp(0, 1))
 
@@ -380,3 +347,22 @@ def test_snntorch_tutorial_style_states_passed_in_and_out():
         got = saf(x)
         for a, b in zip(got, ref):
             assert torch.allclose(a, b, rtol=0, atol=1e-9)
+
+
+def test_store_v_seq_records_every_step_in_step_mode_m():
+    """SpikingJelly's ``store_v_seq`` monitor sees the whole [T, ...] voltage sequence, as in
+    the plain model, although the per-step route runs the neuron one step at a time."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(8, 16), neuron.LIFNode(tau=2.0, store_v_seq=True),
+                        layer.Linear(16, 6), neuron.IFNode()).double()
+    functional.set_step_mode(net, "m")
+    x = torch.rand(T, B, 8, dtype=torch.float64) * 2
+    calibrate(net, lambda: run(net, x[:1], "m"))
+    assert_active(net, x, "m")
+    ref = run(net, x, "m")
+    v_ref = net[1].v_seq.detach().clone()
+    functional.reset_net(net)
+    saf = saf_plugin.set_saf(copy.deepcopy(net), "E")
+    assert torch.allclose(run(saf, x, "m"), ref, rtol=0, atol=1e-9)
+    assert saf[1].v_seq.shape == v_ref.shape == (T, B, 16)
+    assert torch.allclose(saf[1].v_seq, v_ref, rtol=0, atol=1e-9)

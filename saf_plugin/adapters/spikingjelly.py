@@ -85,39 +85,56 @@ def _detach_memories(m: nn.Module) -> None:
 
 
 def _forward(self, x, *args, **kwargs):
-    if self.__dict__.get("_saf_inner"):  # the neuron's own multi-step forward calls its
-        return type(self)._saf_base.single_step_forward(self, x, *args, **kwargs)  # step
     rt = neuron_step.runtime_of(self)
     adapter = self._saf_spec.neuron
     if self.__dict__["_saf_closed"]:
         out = neuron_step.forward(rt, self, x, adapter.params(self))
-    else:
-        base = type(self)._saf_base
-        step = base.single_step_forward if rt.step_mode == "s" else base.multi_step_forward
+        self._memories["saf_acc"] = _FIRED
+        return out
+    base = type(self)._saf_base
 
-        def one_step(current):
-            _detach_memories(self)  # OTTT's rule: the state's history is a constant
-            self.__dict__["_saf_inner"] = True
-            try:
-                return step(self, current, *args, **kwargs)
-            finally:
-                self.__dict__["_saf_inner"] = False
-
-        lam = adapter.decay(self)
-        lam = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
-        self._memories.pop("saf_acc")  # the module's own step sees only its own memories
+    def one_step(current):  # the module's own forward (its step mode picks single/multi-step)
+        _detach_memories(self)  # OTTT's rule: the state's history is a constant
+        self.__dict__["_saf_inner"] = True
         try:
-            out = neuron_step.per_step(rt, self, x, lam, one_step)
+            return base.forward(self, current, *args, **kwargs)
         finally:
-            self._memories["saf_acc"] = _FIRED
-        _detach_memories(self)  # (and the module holds no graph: deepcopy, pickling)
-    self._memories["saf_acc"] = _FIRED
+            self.__dict__["_saf_inner"] = False
+
+    v_seq = []  # step mode 'm' with store_v_seq: the plain model records all T steps
+
+    def one_step_recorded(current):
+        out = one_step(current)
+        v_seq.append(self.v_seq)
+        return out
+
+    record = rt.step_mode == "m" and getattr(self, "store_v_seq", False)
+    lam = adapter.decay(self)
+    lam = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+    self._memories.pop("saf_acc")  # the module's own step sees only its own memories
+    try:
+        out = neuron_step.per_step(rt, self, x, lam, one_step_recorded if record else one_step)
+    finally:
+        self._memories["saf_acc"] = _FIRED
+    if record:
+        self.v_seq = torch.cat(v_seq)
+    _detach_memories(self)  # (and the module holds no graph: deepcopy, pickling)
     return out
 
 
+def _entry(name: str):
+    """The SAF class's ``name`` method: SAF's forward, or, inside the module's own forward (the
+    per-step route), the library's method itself."""
+    def method(self, x, *args, **kwargs):
+        if self.__dict__.get("_saf_inner"):
+            return getattr(type(self)._saf_base, name)(self, x, *args, **kwargs)
+        return _forward(self, x, *args, **kwargs)
+    return method
+
+
 def saf_class(cls: type) -> type:
-    return _classes.make("neuron", cls, {"forward": _forward, "single_step_forward": _forward,
-                                         "multi_step_forward": _forward})
+    return _classes.make("neuron", cls, {name: _entry(name) for name in (
+        "forward", "single_step_forward", "multi_step_forward")})
 
 
 def attach(m: nn.Module) -> None:
@@ -139,7 +156,7 @@ def judge_neuron(m: nn.Module):
         return ("exact", "closed form: soft-reset neuron, spikes from accumulations", "")
     if isinstance(m, RECURRENT):
         why = "a recurrent container (its weights and neuron inside run on per-step values)"
-    elif m.v_reset is not None:
+    elif getattr(m, "v_reset", None) is not None:
         why = f"hard reset (v_reset={m.v_reset})"
     else:
         why = "its own dynamics"
