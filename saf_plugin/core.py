@@ -21,6 +21,7 @@ Every function here takes and returns tensors; ``lam`` may be a float or a 0-d t
 
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional, Union
 
 import torch
@@ -30,6 +31,7 @@ Lam = Union[float, Tensor]
 Surrogate = Callable[[Tensor], Tensor]
 
 __all__ = [
+    "host_float",
     "accumulate_step",
     "accumulate",
     "deaccumulate_step",
@@ -43,6 +45,33 @@ __all__ = [
     "decay_gradient_term",
     "heaviside",
 ]
+
+
+_HOST: dict[tuple, tuple] = {}
+
+
+def host_float(t: Union[float, Tensor], read: Optional[Callable[[Tensor], Tensor]] = None) -> float:
+    """``float(read(t))`` (``float(t)`` without ``read``), read from the device once per change
+    of ``t``: cached by the tensor and its version counter, which every in-place update (an
+    optimizer step, ``copy_``) advances. A learnable decay or threshold on CUDA then costs one
+    device synchronisation per optimizer step, not one per neuron and time step.
+    ``read`` must be a module-level function (it is part of the cache key)."""
+    if not torch.is_tensor(t):
+        return float(t if read is None else read(t))
+    try:
+        version = t._version
+    except RuntimeError:  # an inference tensor has no version counter
+        return float((t if read is None else read(t)).detach())
+    key = (id(t), read)
+    hit = _HOST.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == version:
+        return hit[2]
+    with torch.no_grad():
+        value = float(t if read is None else read(t))
+    if len(_HOST) > 4096:
+        _HOST.clear()
+    _HOST[key] = (weakref.ref(t), version, value)
+    return value
 
 
 def accumulate_step(x: Tensor, acc_prev: Optional[Tensor], lam: Lam) -> Tensor:

@@ -137,7 +137,7 @@ def _plain_forward(self, x: Tensor, *args, **kwargs):
             return forward(self, current, *args, **kwargs)
         return _unsqueeze(forward(self, current[0], *args, **kwargs))
 
-    out = neuron_step.per_step(rt, self, x, float(adapter.decay(self)), one_step)
+    out = neuron_step.per_step(rt, self, x, adapter.lam(self), one_step)
     _detach(self, adapter.state)
     return out
 

@@ -13,6 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
+import torch
 from torch import Tensor, nn
 
 from .errors import Status
@@ -44,6 +45,14 @@ class NeuronAdapter:
     closed_form: Optional[Callable[[nn.Module], bool]] = None
     params: Optional[Callable[[nn.Module], object]] = None  # closed form: NeuronParams
     state: tuple[str, ...] = ()  # a plain module's state attributes (register_neuron)
+    decay_value: Optional[Callable[[nn.Module], float]] = None  # λ as a float, cached (core.host_float)
+
+    def lam(self, m: nn.Module) -> float:
+        """λ of ``m`` as a Python float."""
+        if self.decay_value is not None:
+            return self.decay_value(m)
+        lam = self.decay(m)
+        return float(lam.detach()) if torch.is_tensor(lam) else float(lam)
 
     def route(self, m: nn.Module) -> str:
         """"closed form" or "per step"."""

@@ -71,8 +71,7 @@ class Runtime(Routes, LinearRoutes):
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
         it (a neuron of another decay re-accumulates its input)."""
-        lam = self.adapters[0].decay(self.neurons[0])
-        return float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+        return self.adapters[0].lam(self.neurons[0])
 
     def __deepcopy__(self, memo):
         """A copy of the model gets a runtime of its own, in its reset state."""

@@ -153,3 +153,63 @@ def test_a_refusal_in_the_first_call_leaves_the_model_as_it_was(float64):
     after = net.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+def test_host_float_reads_a_tensor_once_per_change():
+    reads = []
+
+    def read(t):
+        reads.append(1)
+        return t * 2
+
+    p = nn.Parameter(torch.tensor(0.25))
+    assert [saf_plugin.core.host_float(p, read) for _ in range(3)] == [0.5] * 3
+    assert len(reads) == 1
+    with torch.no_grad():
+        p.add_(0.25)  # what an optimizer step does
+    assert saf_plugin.core.host_float(p, read) == 1.0 and len(reads) == 2
+    assert saf_plugin.core.host_float(torch.tensor(3.0)) == 3.0
+    with torch.inference_mode():
+        assert saf_plugin.core.host_float(torch.tensor(2.0), read) == 4.0
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts tensor -> Python number conversions (a device synchronisation on CUDA)."""
+    READS = {torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.item}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def _learnable_models():
+    from spikingjelly.activation_based import layer, neuron
+    sj = nn.Sequential(layer.Linear(6, 8), neuron.ParametricLIFNode(v_reset=None),
+                       layer.Linear(8, 8), neuron.ParametricLIFNode(decay_input=True, v_reset=None),
+                       layer.Linear(8, 3))
+    st = nn.Sequential(nn.Linear(6, 8), snn.Leaky(beta=0.8, learn_beta=True, init_hidden=True),
+                       nn.Linear(8, 8), snn.Leaky(beta=0.7, learn_beta=True, learn_threshold=True,
+                                                  init_hidden=True), nn.Linear(8, 3))
+    return {"spikingjelly": (sj, functional.reset_net), "snntorch": (st, utils.reset)}
+
+
+@pytest.mark.parametrize("lib", ["spikingjelly", "snntorch"])
+def test_a_learnable_decay_is_read_to_the_host_once_per_update_not_per_step(lib):
+    """On CUDA every read is a synchronisation: their number must not grow with T."""
+    net, reset = _learnable_models()[lib]
+    saf_plugin.set_saf(net, "E")
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    counts = []
+    for T in (2, 4, 16):  # the first iteration also reads the constants once
+        reset(net)
+        with _HostReads() as reads:
+            for _ in range(T):
+                opt.zero_grad()
+                net(torch.rand(2, 6) * 3).sum().backward()
+            opt.step()
+        counts.append(reads.count)
+    assert counts[1] == counts[2] <= counts[0], counts

@@ -88,6 +88,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import _classes, neuron_step
+from ..core import host_float
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams, NeuronState
 from ..registry import NeuronAdapter, Spec, lookup, register
@@ -106,19 +107,21 @@ def decay(m: nn.Module) -> float:
     1; the mean of a per-neuron value. For a per-step neuron it is the decay of the trace its
     input weights see."""
     if isinstance(m, (snn.Synaptic, snn.RSynaptic, snn.Alpha)):
-        value = m.alpha.clamp(0, 1)
-    elif isinstance(m, snn.Lapicque):
-        value = 1 - m.time_step / (m.R * m.C)
-    elif hasattr(m, "beta") and torch.is_tensor(m.beta):
-        value = _beta(m)
-    else:
-        return 1.0
-    return float(torch.as_tensor(value).detach().double().mean())
+        return host_float(m.alpha, _mean_decay)
+    if isinstance(m, snn.Lapicque):
+        return float(torch.as_tensor(1 - m.time_step / (m.R * m.C)).detach().double().mean())
+    if hasattr(m, "beta") and torch.is_tensor(m.beta):
+        return host_float(m.beta, _mean_decay)
+    return 1.0
+
+
+def _mean_decay(value: Tensor) -> Tensor:
+    return value.clamp(0, 1).double().mean()
 
 
 def _graded_is_one(m: nn.Module) -> bool:
     g = m.graded_spikes_factor
-    return not g.requires_grad and g.numel() == 1 and float(g) == 1.0
+    return not g.requires_grad and g.numel() == 1 and host_float(g) == 1.0
 
 
 def _forward(self, input_, mem=None):
@@ -211,8 +214,8 @@ def _reset_mem(self):
 def params(m: nn.Module) -> NeuronParams:
     """A closed-form ``Leaky``'s parameters for :func:`saf_plugin.neuron_step.step_with_membrane`."""
     beta = _beta(m)
-    lam = float(beta.detach())
-    kind = int(m.reset_mechanism_val)
+    lam = decay(m)
+    kind = int(host_float(m.reset_mechanism_val))
     kappa = 0.0 if kind == _NONE else (1.0 if m.reset_delay else lam)
     return NeuronParams(lam, beta if beta.requires_grad else None, m.threshold, None,
                         m.spike_grad, reset_decay=kappa, resets=kind != _NONE,

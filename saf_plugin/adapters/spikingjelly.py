@@ -22,6 +22,7 @@ from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
 
 from .. import _classes, neuron_step
+from ..core import host_float
 from ..neuron_step import NeuronParams
 from ..registry import NeuronAdapter, Spec, lookup, register
 from . import torch_nn
@@ -48,13 +49,27 @@ def decay(m: nn.Module):
     return 1.0
 
 
+def _plif_decay(w: torch.Tensor) -> torch.Tensor:
+    return 1.0 - w.sigmoid()
+
+
+def decay_value(m: nn.Module) -> float:
+    """:func:`decay` as a float; ParametricLIF's is read from the device once per update of w."""
+    if isinstance(m, neuron.ParametricLIFNode):
+        return host_float(m.w, _plif_decay)
+    if isinstance(m, RECURRENT) and isinstance(m.sub_module, neuron.BaseNode):
+        return decay_value(m.sub_module)
+    lam = decay(m)
+    return float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+
+
 def params(m: nn.Module) -> NeuronParams:
     lam = decay(m)
     learnable = torch.is_tensor(lam)
-    lam_f = float(lam.detach()) if learnable else float(lam)
+    lam_f = decay_value(m)
     scale = None
     if getattr(m, "decay_input", False):
-        scale = float(m.w.detach().sigmoid()) if learnable else 1.0 / m.tau
+        scale = host_float(m.w, torch.sigmoid) if learnable else 1.0 / m.tau
     backend = {"cupy": "cupy", "torch": "torch"}.get(getattr(m, "backend", None), "auto")
     return NeuronParams(lam_f, lam if learnable else None, float(m.v_threshold), scale,
                         m.surrogate_function, backend)
@@ -109,8 +124,7 @@ def _forward(self, x, *args, **kwargs):
         return out
 
     record = rt.step_mode == "m" and getattr(self, "store_v_seq", False)
-    lam = adapter.decay(self)
-    lam = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+    lam = adapter.lam(self)
     self._memories.pop("saf_acc")  # the module's own step sees only its own memories
     try:
         out = neuron_step.per_step(rt, self, x, lam, one_step_recorded if record else one_step)
@@ -180,9 +194,9 @@ def plain_state(m: nn.Module) -> bool:
 
 ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
                         is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
-                        closed_form=closed_form, params=params)
+                        closed_form=closed_form, params=params, decay_value=decay_value)
 PER_STEP = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                         is_fresh=is_fresh, closed_form=closed_form)
+                         is_fresh=is_fresh, closed_form=closed_form, decay_value=decay_value)
 _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
              "single_step_forward", "multi_step_forward", "forward", "neuronal_charge",
              "neuronal_fire", "neuronal_reset")
