@@ -63,6 +63,8 @@ def main(argv=None) -> dict:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--backends", default="torch,triton,cupy")
     p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--sweep", action="store_true", help="also time the Triton forward for "
+                   "each BLOCK (neurons per program) and num_warps (fp32, the largest T)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default: "
                    "benchmarks/results/scan_<device name>.json)")
@@ -117,7 +119,32 @@ def main(argv=None) -> dict:
                             forward_bw_fraction=2 * es * nel / f / bw,
                             fwd_bwd_bytes_per_element=4 * es + 8,
                             fwd_bwd_bw_fraction=(4 * es + 8) * nel / fb / bw))
+    if args.sweep:
+        sweep(args, device, bw, record)
     return result
+
+
+def sweep(args, device, bw: float, record) -> None:
+    """Forward time of the Triton scan per launch configuration (no gradient, fp32)."""
+    from saf_plugin.kernels import triton_scan
+
+    T = max(int(t) for t in args.T.split(","))
+    n = args.numel // T
+    y = torch.randn(T, n, device=device) + 0.8
+    default = (triton_scan.BLOCK, triton_scan.NUM_WARPS)
+    try:
+        for block in (128, 256, 512, 1024, 2048):
+            for warps in (1, 2, 4, 8, 16):
+                if block < 32 * warps:
+                    continue
+                triton_scan.BLOCK, triton_scan.NUM_WARPS = block, warps
+                f = timed(lambda: triton_scan._forward(y, None, 0.5, 1.0, None, False), device,
+                          args.reps)
+                record({"T": T, "dtype": "float32", "backend": "triton", "block": block,
+                        "num_warps": warps, "numel": T * n, "forward_s": f,
+                        "forward_bw_fraction": 8 * T * n / f / bw})
+    finally:
+        triton_scan.BLOCK, triton_scan.NUM_WARPS = default
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@
 #   tests_sj2     gpu-marked tests, SpikingJelly 2.0: triton and torch scans vs the oracle, whole
 #                 models on CUDA (SpikingJelly's neurons, OTTT, the Triton scan in a model)
 #   tests_sj014   gpu-marked tests, SpikingJelly 0.0.0.0.14: the CuPy scan vs the torch scan
-#   scan_sj2      benchmarks/gpu_scan_bench.py (torch, triton), fraction of copy bandwidth
+#   scan_sj2      benchmarks/gpu_scan_bench.py (torch, triton), fraction of copy bandwidth, and
+#                 the Triton forward per launch configuration (--sweep)
 #   scan_sj014    the same for torch, cupy
+#   profile       benchmarks/gpu_profile.py: wall vs GPU-busy time, launches, synchronisations
 #   vgg           OTTT's VGG, batch 128, T=6: BPTT, OTTT, SAF-E online/multi-step, SAF-F
 # Every step writes $OUT/<step>.log while it runs and a line to $OUT/summary.txt when it ends;
 # junit XML and JSON results go to $OUT as soon as they exist. Exit status: the first failure.
@@ -104,7 +106,7 @@ if [ "$DRY" = 1 ]; then
   # the Triton scan runs in Triton's interpreter on CPU tensors
   TESTARGS=(--collect-only); BENCH=(--device cpu --numel 4096 --reps 1 --T 6); INTERP=1
 else
-  TESTARGS=(); BENCH=(--T 6,16); INTERP=0
+  TESTARGS=(); BENCH=(--T 6,16 --numel 134217728); INTERP=0
 fi
 if [ -n "$P2" ]; then
   step tests_sj2 150 env PYTHONPATH="$P2" "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider \
@@ -115,8 +117,8 @@ if [ -n "$P14" ]; then
     -W ignore::DeprecationWarning "${TESTARGS[@]}" tests/legacy --junitxml="$OUT/tests_sj014.xml"
 fi
 if [ -n "$P2" ]; then
-  step scan_sj2 45 env PYTHONPATH="$P2" TRITON_INTERPRET=$INTERP "$PY" benchmarks/gpu_scan_bench.py "${BENCH[@]}" \
-    --backends torch,triton --out "$OUT/scan_sj2.json"
+  step scan_sj2 90 env PYTHONPATH="$P2" TRITON_INTERPRET=$INTERP "$PY" benchmarks/gpu_scan_bench.py "${BENCH[@]}" \
+    --backends torch,triton --sweep --out "$OUT/scan_sj2.json"
 fi
 if [ -n "$P14" ]; then
   step scan_sj014 30 env PYTHONPATH="$P14" "$PY" benchmarks/gpu_scan_bench.py "${BENCH[@]}" \
@@ -128,6 +130,7 @@ if [ -n "$P2" ]; then
       --batch 2 --T 2 --methods saf_e_multi --repeats 1 --warmup 0 --device cpu --no-memory \
       --name smoke --results-dir "$OUT" --plot-dir "$OUT" --no-plot
   else
+    step profile 120 env PYTHONPATH="$P2" "$PY" benchmarks/gpu_profile.py --out "$OUT/profile.json"
     step vgg 150 env PYTHONPATH="$P2" "$PY" benchmarks/bench.py --net vgg --width-div 1 \
       --batch 128 --T 6 --methods bptt,ottt,saf_e_online,saf_e_multi,saf_f --repeats 3 \
       --warmup 1 --device cuda --name vgg_b128_T6_cuda --results-dir "$OUT" --plot-dir "$OUT" \

@@ -80,3 +80,20 @@ def test_triton_scan_in_a_model_equals_torch_scan(monkeypatch, arch, mode):
     assert chosen and set(chosen) == {"triton"}, chosen
     assert torch.equal(runs[None][0], runs["torch"][0])
     assert_grads_close(runs[None][1], runs["torch"][1], rtol=1e-4, atol=1e-6)
+
+
+def test_snntorch_leaky_on_cuda_equals_snntorch():
+    """snnTorch runs float32: dyadic weights and spike inputs keep every sum exact."""
+    pytest.importorskip("snntorch")
+    from test_snntorch import hidden_rates, run_seq, seq_net, spikes
+
+    torch.manual_seed(2)
+    net = seq_net(learn=True, graded=1.5).cuda()
+    x = spikes(8, 6, 20).cuda()
+    ref = run_seq(net, x)
+    rates = hidden_rates(net, run_seq, x)
+    assert len(rates) == 3 and all(0 < r < 1 for r in rates.values()), rates
+    saf_plugin.set_saf(net, "E")
+    got = run_seq(net, x)
+    assert got[0].is_cuda
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -20,6 +20,7 @@ Scalars are passed by value as NumPy scalars of fixed width (float32, int64).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Optional
 
@@ -60,11 +61,13 @@ extern "C" __global__ void NAME(const float* __restrict__ g, const float* __rest
 """
 
 
+@functools.lru_cache(maxsize=None)
 def _named(src: str, prefix: str) -> tuple[str, str]:
     name = f"{prefix}_{hashlib.sha1(src.encode()).hexdigest()[:16]}"
     return src.replace("NAME", name), name
 
 
+@functools.lru_cache(maxsize=None)
 def forward_source(decay_input: bool, has_acc0: bool, save_z: bool) -> tuple[str, str]:
     """(CUDA source, kernel name) of the forward scan variant."""
     src = (_FORWARD.replace("ACC0", "acc0[n]" if has_acc0 else "0.0f")

@@ -43,7 +43,8 @@ try:  # SpikingJelly 2.0's @triton.jit surrogate derivative σ'(x; α, id)
 except ImportError:  # SpikingJelly 0.0.0.0.14: SAF-F only (it needs no surrogate)
     _sg = None
 
-BLOCK = 256
+BLOCK = 256  # neurons per program
+NUM_WARPS = 4
 EXACT = {"enable_fp_fusion": False}  # launch options where rounding must match the PyTorch scan
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
@@ -159,7 +160,7 @@ def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
             y2, a0 if a0 is not None else last, acc, z if save_z else last, last, T, N,
             float(lam), float(theta * lam), float(theta), 1.0 if scale is None else float(scale),
             HAS_ACC0=a0 is not None, HAS_SCALE=scale is not None, SAVE_Z=save_z,
-            KIND=_KIND[y.dtype], BLOCK=BLOCK, **EXACT)
+            KIND=_KIND[y.dtype], BLOCK=BLOCK, num_warps=NUM_WARPS, **EXACT)
     return acc.view(y.shape), z.view(y.shape) if save_z else z, last.view(y.shape[1:])
 
 
@@ -188,7 +189,8 @@ def scan_e_backward(grad: Tensor, z: Tensor, scale: Optional[float], surrogate_i
     with _on(z):
         _e_backward_kernel[_grid(z.numel())](
             g, z, dy, z.numel(), float(alpha), 1.0 if scale is None else float(scale),
-            SURROGATE=surrogate_id, HAS_SCALE=scale is not None, KIND=_KIND[dtype], BLOCK=BLOCK)
+            SURROGATE=surrogate_id, HAS_SCALE=scale is not None, KIND=_KIND[dtype], BLOCK=BLOCK,
+            num_warps=NUM_WARPS)
     return dy
 
 
@@ -237,7 +239,7 @@ def scan_f_backward(grad_last: Tensor, y_last: Tensor, c: Tensor, theta: float,
         _f_backward_kernel[_grid(y_last.numel())](
             g, y_last.contiguous(), c.to(torch.float32).reshape(1), dy[-1], y_last.numel(),
             float(theta), 1.0 if scale is None else float(scale), HAS_SCALE=scale is not None,
-            KIND=_KIND[y_last.dtype], BLOCK=BLOCK, **EXACT)
+            KIND=_KIND[y_last.dtype], BLOCK=BLOCK, num_warps=NUM_WARPS, **EXACT)
     return dy
 
 
