@@ -202,15 +202,18 @@ class Runtime(Routes, LinearRoutes):
     def _tm(self, x: Tensor) -> bool:
         return self.step_mode == "s" or (x.dim() > 0 and x.shape[0] % self.steps == 0)
 
-    def series(self, lam: float, like: Tensor) -> Tensor:
-        """c[t] for the rows of this call: [steps] (cached while t stays the same)."""
-        key = (self.t, self.steps, float(lam), like.dtype, like.device)
+    def series(self, lam: float, like: Tensor, t: Optional[int] = None) -> Tensor:
+        """c[t] for the rows of this call, [steps] (or for step ``t`` alone, [1]): a slice of
+        one tensor per (λ, dtype, device) that doubles in length when a sequence outgrows it,
+        so a step costs no host-to-device copy (a synchronisation on CUDA)."""
+        t0, steps = (self.t, self.steps) if t is None else (t, 1)
+        key = (float(lam), like.dtype, like.device)
         c = self._series.get(key)
-        if c is None:
+        if c is None or c.shape[0] < t0 + steps:
             if len(self._series) > 64:
                 self._series.clear()
-            c = self._series[key] = core.bias_series(self.t, self.steps, lam, like=like)
-        return c
+            c = self._series[key] = core.bias_series(0, max(64, 2 * (t0 + steps)), lam, like=like)
+        return c[t0:t0 + steps]
 
     def _rows(self, x: Tensor, lam: float, fn) -> Tensor:
         """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's', else a
@@ -392,7 +395,7 @@ class Runtime(Routes, LinearRoutes):
         if self.step_mode == "m" and not rep.tm:
             self._need_tm(False, "the model output")
         if self.step_mode == "s":
-            return a / core.bias_series(rep.seq, 1, rep.decay, like=a)[0]
+            return a / self.series(rep.decay, a, t=rep.seq)[0]
         return self._rows(a, rep.decay, lambda v, c: v / c)
 
 

@@ -213,3 +213,17 @@ def test_a_learnable_decay_is_read_to_the_host_once_per_update_not_per_step(lib)
             opt.step()
         counts.append(reads.count)
     assert counts[1] == counts[2] <= counts[0], counts
+
+
+@pytest.mark.parametrize("mode", ["E", "F"])
+def test_the_bias_series_is_not_rebuilt_every_step(float64, monkeypatch, mode):
+    """c[t] reaches the device once per doubling of the sequence, not once per step (on CUDA
+    every host-to-device copy synchronises)."""
+    calls = []
+    build = saf_plugin.core.bias_series
+    monkeypatch.setattr(saf_plugin.core, "bias_series", lambda *a, **k: calls.append(1) or build(*a, **k))
+    net = saf_plugin.set_saf(M.strengthen(M.mlp(), gain=2.0, bias=0.8), mode)
+    for T in (8, 300):
+        calls.clear()
+        M.run(net, torch.rand(T, 3, 12), "s")
+        assert len(calls) <= 4, (T, len(calls))
