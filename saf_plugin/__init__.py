@@ -14,6 +14,8 @@ from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
 from .extend import register_linear, register_neuron, register_per_step
 from .training import EpochStats, reset_state, train_epoch, train_step
 
+del _torch_nn  # (imported for its registrations only)
+
 __all__ = [
     "set_saf",
     "saf_mode",

@@ -7,6 +7,12 @@ c[t] = Σ_k λ^k. linear, conv, average pooling, eval-mode batch_norm, add/sub o
 constants, mul/div by constants, matmul with a constant, sum/mean over non-time dims, cat/stack
 of one decay, and the modules declared with ``register_linear``. See docs/theory.md ("When SAF
 is exact: the data flow").
+
+``set_saf(..., accumulate=torch.float64)``: per-step values are cast to float64 where they are
+accumulated (:meth:`LinearRoutes.high`), a map's constants (weights, biases, BatchNorm
+statistics) at every call (:meth:`LinearRoutes._consts`; gradients reach the model's
+parameters), and per-step values made from accumulations (de-accumulated values, spikes,
+outputs) back to the model's dtype (:meth:`LinearRoutes.low`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_flatten
+from torch.nn.utils.stateless import _reparametrize_module  # (what torch.func.functional_call
+from torch.utils._pytree import tree_flatten                # uses, without the module's hooks)
 
 from .dataflow import _CONV, ACC, SPIKE, STEP, Rep, Site
 from .modes import Mode
@@ -32,12 +39,12 @@ class LinearRoutes:
                 return NotImplemented  # e.g. a weight computed from the input: per step
             site = self.site(name, tuple(args))
             self._note(site.where, name, "on accumulations")
+            x = args[0]
+            a, lam = self.accumulated(x, site)
+            args, kwargs = [a, *self._consts(args[1:])], self._consts(kwargs)
             bias = None
             if bias_at is not None:
                 bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            x = args[0]
-            a, lam = self.accumulated(x, site)
-            args[0] = a
             out = self._split_call(func, args, kwargs, a)
             if bias is not None:
                 shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
@@ -45,6 +52,35 @@ class LinearRoutes:
                 out = self._shift(out, b, lam)  # the call added b once
             return self._acc_out(out, lam, site, inputs=(x,))
         return run
+
+    # ----------------------------------------------------------------- accumulation dtype
+
+    def model_dtype(self, inputs: list) -> torch.dtype:
+        """The model's dtype: its first float parameter's, else its input's."""
+        return next((p.dtype for p in self.root.parameters() if p.is_floating_point()),
+                    next((x.dtype for x in inputs if x.is_floating_point()),
+                         torch.get_default_dtype()))
+
+    def high(self, x):
+        """``x`` (a float tensor) in the accumulation dtype; anything else, or without
+        ``accumulate``, unchanged (the cast is differentiable: gradients reach ``x``)."""
+        if self.accumulate is None or not torch.is_tensor(x) or not x.is_floating_point():
+            return x
+        return x.to(self.accumulate)
+
+    def low(self, x: Tensor) -> Tensor:
+        """A per-step value made from accumulations, back in the model's dtype."""
+        if self.accumulate is None or not x.is_floating_point():
+            return x
+        return x.to(self.dtype)
+
+    def _consts(self, vals):
+        """The constants of a linear map (a list or dict) in the accumulation dtype."""
+        if self.accumulate is None:
+            return vals
+        if isinstance(vals, dict):
+            return {k: self.high(v) for k, v in vals.items()}
+        return [self.high(v) for v in vals]
 
     def _split_call(self, func, args, kwargs, a: Tensor):
         """SAF-F in step mode 'm': the rows of steps 0..T−2 run without a graph
@@ -84,8 +120,8 @@ class LinearRoutes:
         site = self.site(name, (x, b.get("weight"), b["running_mean"]))
         self._note(site.where, "batch_norm (eval)", "on accumulations")
         a, lam = self.accumulated(x, site)
-        vals = [b.get(k) for k in names]
-        vals[0] = a
+        vals = [a, *self._consts([b.get(k) for k in names[1:]])]
+        b = dict(zip(names, vals))
         out = self._split_call(func, vals, {}, a)
         inv = torch.rsqrt(b["running_var"] + b.get("eps", 1e-5))
         shift = -b["running_mean"] * inv
@@ -117,7 +153,7 @@ class LinearRoutes:
         self._note(site.where, name, "on accumulations")
         lam = site.recv if site.recv is not None and self.step_mode == "s" else (
             decays.pop() if decays else None)
-        vals = list(args)
+        vals = self._consts(list(args))
         for i, a in enumerate(args):
             if tagged[i]:
                 vals[i], lam = self.accumulated(a, site, slot=i, lam=lam)
@@ -176,9 +212,9 @@ class LinearRoutes:
                 return NotImplemented  # W @ x would contract the time dimension
         site = self.site(name, args if i == 0 else (args[i], *args[:i], *args[i + 1:]))
         self._note(site.where, name, "on accumulations")
-        vals = list(args)
+        vals = self._consts(list(args))
         vals[i], lam = self.accumulated(args[i], site)
-        out = func(*vals, **kwargs)
+        out = func(*vals, **self._consts(kwargs))
         return self._acc_out(out, lam, site, self.reps[args[i]].raw, inputs=(args[i],))
 
     def _collect(self, func, seq, rest, kwargs):
@@ -201,7 +237,13 @@ class LinearRoutes:
         a, lam = self.accumulated(x, site)
         self.paused += 1
         try:
-            out = forward(module, a, *args[1:], **kwargs)
+            if self.accumulate is None:
+                out = forward(module, a, *args[1:], **kwargs)
+            else:  # its parameters and buffers cast for this call (the module keeps its own)
+                state = {k: self.high(v) for k, v in [*module.named_parameters(),
+                                                      *module.named_buffers()]}
+                with _reparametrize_module(module, state):
+                    out = forward(module, a, *args[1:], **kwargs)
         finally:
             self.paused -= 1
         spec = module._saf_spec

@@ -60,8 +60,10 @@ class NeuronParams:
 class NeuronState:
     """A closed-form neuron's state in a sequence: â[t−1] (``acc``); the accumulated per-step
     input current (``cur_acc``); for re-accumulation and a learnable decay the last input
-    z[t−1] and Y[t−1]; with graded spikes their accumulation ô[t−1] (``out``); and the
-    membrane the neuron returned last step (``mem_out``, with graph)."""
+    z[t−1] and Y[t−1]; with graded spikes their accumulation ô[t−1] (``out``); the
+    membrane the neuron returned last step (``mem_out``, with graph); and the dtype it returns
+    spikes and membrane in (``dtype``: the model's under ``accumulate``, set by the runtime's
+    ``neuron_input``; None: that of the accumulations)."""
 
     acc: Optional[Tensor] = None
     cur_acc: Optional[Tensor] = None
@@ -69,6 +71,7 @@ class NeuronState:
     y_prev: Optional[Tensor] = None
     out: Optional[Tensor] = None
     mem_out: Optional[Tensor] = None
+    dtype: Optional[torch.dtype] = None
 
 
 def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
@@ -91,6 +94,7 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
         acc, _ = core.saf_f_step(scaled, st.acc, p.decay, p.theta, c)
     else:
         spikes, _ = core.lif_spike(scaled, st.acc, p.decay, p.theta, p.surrogate)
+        spikes = spikes.to(scaled.dtype)  # (a surrogate may return float32: â keeps y's dtype)
         acc = core.accumulate_step(spikes, st.acc, p.decay)
     st.acc = acc.detach()
     return acc, spikes
@@ -134,15 +138,18 @@ def step_with_membrane(x: Tensor, decay_in: float, st: NeuronState, p: NeuronPar
     else:
         s, u = core.lif_spike(yy, st.acc, lam, th, spike_fn, reset_decay=kappa)
         mem_new = u
+    s = s.to(y.dtype)  # (snnTorch's surrogates return float32: â keeps y's dtype)
     if p.resets and not p.reset_delay:
         mem_new = mem_new - (s - (0.0 if r is None else r)) * theta
     acc = core.accumulate_step(s, None if st.acc is None else st.acc.detach(), lam)
     st.acc = acc.detach()
-    if p.graded is None:
-        return acc, s, mem_new
-    spk = s * p.graded
-    out = core.accumulate_step(spk, st.out, lam)
-    st.out = out.detach()
+    out, spk = acc, s
+    if p.graded is not None:
+        spk = s * p.graded
+        out = core.accumulate_step(spk, st.out, lam)
+        st.out = out.detach()
+    if st.dtype is not None:
+        spk, mem_new = spk.to(st.dtype), mem_new.to(st.dtype)
     return out, spk, mem_new
 
 
@@ -208,6 +215,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
                                       None if c is None else c[t])[0])
             acc = torch.stack(steps)
             spikes = spikes_of(acc, prev, p.decay, True)
+        spikes = rt.low(spikes)  # (the model's dtype; â stays in the accumulation dtype)
     finally:
         rt.paused -= 1
     return rt.emit(spikes, acc, p.decay)

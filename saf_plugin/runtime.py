@@ -14,6 +14,8 @@ tagged with their accumulation. At the model's output an
 accumulation is de-accumulated (SAF-E) or divided by c[t] (SAF-F: the spike representation).
 The runtime also keeps the step index t and the steps T of a call (step mode 'm'), and
 the per-sequence state, reset with each library's own reset. See docs/theory.md.
+With ``set_saf(..., accumulate=torch.float64)`` every accumulation is float64 and every
+per-step value the model's dtype (``high``/``low`` in ``saf_plugin/linear_routes.py``).
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ from .routes import Routes
 class Runtime(Routes, LinearRoutes):
     """Per-model state of a converted model: the mode, the step index, the sites, the tags."""
 
-    def __init__(self, root: nn.Module, mode: str, strict: bool, neurons: list, adapters: list):
+    def __init__(self, root: nn.Module, mode: str, strict: bool, neurons: list, adapters: list,
+                 accumulate: Optional[torch.dtype] = None):
         self.root, self.mode, self.strict = root, mode, strict
         self.neurons, self.adapters = neurons, adapters
+        self.accumulate = accumulate  # dtype of the accumulations (None: the values' own)
+        self.dtype = None      # with ``accumulate``: the model's dtype (per-step values)
         self.reps = WeakIdKeyDictionary()
         self.sites: list[Site] = []
         self.call = 0          # unique id of the current step (never reset)
@@ -80,12 +85,13 @@ class Runtime(Routes, LinearRoutes):
         new = Runtime.__new__(Runtime)
         memo[id(self)] = new
         new.__init__(deepcopy(self.root, memo), self.mode, self.strict,
-                     deepcopy(self.neurons, memo), self.adapters)
+                     deepcopy(self.neurons, memo), self.adapters, self.accumulate)
         return new
 
     def __getstate__(self):
         return {"root": self.root, "mode": self.mode, "strict": self.strict,
-                "neurons": self.neurons, "adapters": self.adapters}
+                "neurons": self.neurons, "adapters": self.adapters,
+                "accumulate": self.accumulate}
 
     def __setstate__(self, state):
         self.__init__(**state)
@@ -152,6 +158,8 @@ class Runtime(Routes, LinearRoutes):
         self.loop_key = None
         self.slots.clear()
         self.decay = self.default_decay()
+        if self.accumulate is not None:
+            self.dtype = self.model_dtype(tensors)
         for x in tensors:
             self.tag(x, STEP, raw=True)
 
@@ -256,6 +264,7 @@ class Runtime(Routes, LinearRoutes):
             steps = base.shape[0] // rep.prev.shape[0] if rep.prev is not None else self.steps
             seq = base.unflatten(0, (steps, -1))
             v = core.deaccumulate(seq, rep.decay, rep.prev).flatten(0, 1).view_as(base)
+        v = self.low(v)
         for func, args, kwargs in rep.chain:
             v = func(v, *args, **kwargs)
         return v
@@ -270,6 +279,7 @@ class Runtime(Routes, LinearRoutes):
             lam = site.recv  # accumulate with the receiver's decay: OTTT's trace
         if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam):
             acc = x if rep.kind == ACC or rep.acc is None else rep.acc
+            acc = self.high(acc)
             if self.t == 0 and self.step_mode == "s":
                 site.in_acc[slot] = acc.detach()  # = the value at t = 0, whatever the decay
             return acc, rep.decay
@@ -279,6 +289,7 @@ class Runtime(Routes, LinearRoutes):
         lam = self.decay if lam is None else lam
         if not v.is_floating_point():
             return v, lam  # the plain model's error for integer input
+        v = self.high(v)
         prev = site.in_acc.get(slot)
         if self.step_mode == "s":
             acc = core.accumulate_step(v, prev, lam)
@@ -323,17 +334,20 @@ class Runtime(Routes, LinearRoutes):
         """(Y, λ_in): the neuron's input current as an accumulation, and its decay.
 
         A per-step current (or a tensor of an earlier step) is accumulated with the neuron's
-        own λ here (Y[t] = λ Y[t−1] + I[t], history detached)."""
+        own λ here (Y[t] = λ Y[t−1] + I[t], history detached). Sets ``st.dtype``, the dtype
+        the neuron returns its per-step values in (with ``accumulate``: the model's)."""
+        st.dtype = None if self.accumulate is None else self.dtype
         rep = self.reps.get(x) if torch.is_tensor(x) else None
         if rep is not None and rep.fbad:
             raise self._f_refusal(rep.fbad)
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE):
             for s in rep.sites:
                 s.recv = lam
-            return (x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
+            return self.high(x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
         v = x if rep is None else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
             v = v.detach()
+        v = self.high(v)
         if self.step_mode == "s":
             y = core.accumulate_step(v, st.cur_acc, lam)
             st.cur_acc = y.detach()
@@ -395,8 +409,8 @@ class Runtime(Routes, LinearRoutes):
         if self.step_mode == "m" and not rep.tm:
             self._need_tm(False, "the model output")
         if self.step_mode == "s":
-            return a / self.series(rep.decay, a, t=rep.seq)[0]
-        return self._rows(a, rep.decay, lambda v, c: v / c)
+            return self.low(a / self.series(rep.decay, a, t=rep.seq)[0])
+        return self.low(self._rows(a, rep.decay, lambda v, c: v / c))
 
 
 def _accumulate_detached(v: Tensor, lam: float, prev: Optional[Tensor]) -> Tensor:

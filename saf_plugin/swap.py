@@ -12,6 +12,7 @@ import sys
 import warnings
 from typing import Optional
 
+import torch
 from torch import nn
 
 from . import _classes, engine, runtime
@@ -65,7 +66,8 @@ def per_step_class(cls: type) -> type:
     return _classes.make("per_step", cls, {"forward": forward})
 
 
-def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.Module:
+def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True,
+            accumulate: Optional[torch.dtype] = None) -> nn.Module:
     """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
 
     Everything is validated before anything changes: a neuron or stateful module SAF cannot
@@ -73,9 +75,26 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.M
     left untouched. What only the data flow shows (e.g. a non-linear operation under SAF-F) is
     refused at the first call, before any output, and the model is switched back. Returns
     ``net``. ``strict`` is kept for compatibility: nothing SAF runs is approximate.
+
+    ``accumulate``: ``None`` (the default: accumulations in the dtype of the values) or
+    ``torch.float64``: SAF's accumulations â[t] = λ â[t−1] + s[t], the layer inputs
+    Y[t] = W â_in[t] + b c[t] and the neurons' closed form run in float64 while the model stays
+    in its dtype (each linear map on accumulations casts its weights per call, so gradients
+    reach the model's parameters; spikes, membranes, per-step operations and outputs keep the
+    model's dtype). The accumulations grow like 1/(1−λ), like t for IF neurons, and in float32
+    a rounding flip at a threshold changes a spike after about a thousand steps; float64
+    follows the plain float32 model much longer (docs/faq.md, "Mixed precision? Long
+    sequences?"). Costs float64 arithmetic in the linear maps (slow on most GPUs). Kept with
+    the model's SAF state (``copy.deepcopy``, ``torch.save``).
     """
     if mode not in MODES:
         raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
+    if accumulate is not None and (accumulate is not torch.float64 or mode is None):
+        raise ValueError(
+            f"accumulate={accumulate!r} is not supported" + (
+                " with mode None (the plain model has no accumulations)" if mode is None else "")
+            + "; valid: accumulate=None (accumulations in the model's dtype) or "
+            "accumulate=torch.float64 with mode 'E' or 'F'")
     mode = None if mode is None else Mode(mode)
     load_adapters()
     own = net.__dict__.get("_saf_rt")
@@ -102,14 +121,14 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True) -> nn.M
         if f.status == "approximate":
             warnings.warn(f"SAF is approximate here: {f.line()}", stacklevel=2)
     revert(net)
-    _apply(net, mode, strict)
+    _apply(net, mode, strict, accumulate)
     return net
 
 
-def _apply(net: nn.Module, mode: str, strict: bool) -> None:
+def _apply(net: nn.Module, mode: str, strict: bool, accumulate=None) -> None:
     neurons = [(p, m, s) for p, m, s in walk(net) if s is not None and s.role == "neuron"]
     rt = runtime.Runtime(net, mode, strict, [m for _, m, _ in neurons],
-                         [s.neuron for _, _, s in neurons])
+                         [s.neuron for _, _, s in neurons], accumulate)
     for path, module, spec in neurons:
         module.__class__ = spec.neuron.saf_class(type(module))
         module._saf_rt, module._saf_path, module._saf_spec = rt, path, spec
