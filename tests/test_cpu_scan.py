@@ -183,10 +183,46 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
 
 def test_operators_are_registered_with_fake_implementations():
     y = inputs((2, 33), 3, torch.float32, seed=8)
-    args = (y, None, 0.5, 1.0, 0.5, True)
+    args = (y, None, 0.5, 1.0, 0.5, True, True)
     torch.library.opcheck(torch.ops.saf_cpu_scan.forward.default, args,
                           test_utils=("test_schema", "test_faketensor"))
-    _, z = torch.ops.saf_cpu_scan.forward(*args)
+    _, z, _ = torch.ops.saf_cpu_scan.forward(*args)
     torch.library.opcheck(torch.ops.saf_cpu_scan.backward.default,
                           (z, torch.ones_like(z), 0.5, 0, 4.0),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", [1, 4, 6])
+@pytest.mark.parametrize("grad", [True, False])
+def test_spikes_from_the_scan_are_the_fired_spikes_with_the_gradient_of_acc(dtype, case, grad):
+    """s[t] written in the scan's pass = round(â[t] − λ â[t−1]), the neuron's exact 0/1; its
+    gradient is that of â[t] (â[t−1] a constant)."""
+    from saf_plugin import core
+
+    shape, T, lam, theta, scale = CASES[case]
+    y = inputs(shape, T, dtype, seed=case)
+    acc0 = carried(shape, dtype, case)
+    sur = surrogate("sigmoid4")
+    g = torch.Generator().manual_seed(3)
+    w_acc, w_spk = (torch.randn((T, *shape), generator=g, dtype=dtype) for _ in range(2))
+    res = {}
+    for spikes in (True, False):
+        yy = y.detach().clone().requires_grad_(grad)
+        out = kernels.scan(yy, acc0, lam=lam, theta=theta, input_scale=scale, surrogate=sur,
+                           backend="cpu", spikes=spikes)
+        acc = out[0]
+        if spikes:
+            spk = out[2]
+        else:
+            assert len(out) == 2
+            spk = acc - torch.cat([acc0.unsqueeze(0), acc[:-1]]).detach() * lam
+        if grad:
+            ((acc * w_acc).sum() + (spk * w_spk).sum()).backward()
+        res[spikes] = (acc.detach(), spk.detach(), yy.grad)
+    (a, s, ga), (b, s_ref, gb) = res[True], res[False]
+    assert torch.equal(a, b)
+    assert torch.equal(s, s_ref.round()) and 0 < s.mean() < 1
+    assert torch.equal(s, core.deaccumulate(a, lam, acc0).round())
+    if grad:
+        assert_grad_close(ga, gb)

@@ -196,12 +196,15 @@ def scan(
     mode: str = Mode.E,
     c_last: Union[float, Tensor, None] = None,
     backend: str = "auto",
-) -> tuple[Tensor, Tensor]:
+    spikes: bool = False,
+):
     """SAF neuron scan over the T steps of ``y_seq`` [T, B, ...].
 
     ``acc_prev`` is â[t0−1] (None at t = 0), ``input_scale`` ρ (None for 1), ``c_last`` the
     series c[t] at the last step (mode "F"). Returns (â [T, B, ...] in ``y_seq``'s dtype, with
     the SAF-E or SAF-F graph when grad is enabled; the last â in the state dtype, detached).
+    With ``spikes=True`` a third item: the spikes s[t] [T, B, ...] where the backend writes them
+    in the same pass (``"cpu"``, SAF-E), with the gradient of â[t]; else None.
     """
     if mode not in (Mode.E, Mode.F):
         raise ValueError(f"mode must be 'E' or 'F', not {mode!r}")
@@ -224,8 +227,9 @@ def scan(
             c = torch.as_tensor(c, dtype=torch.float32, device=y_seq.device)
             acc, last, _ = torch.ops.saf_plugin.scan_f(y_seq, prev, float(lam), float(theta),
                                                        scale, c)
-        return acc, last.detach()  # the state carries no graph
+        return (acc, last.detach()) + ((None,) if spikes else ())  # the state: no graph
     scale = None if input_scale is None else float(input_scale)
+    spk = None
     if mode == Mode.E:
         if which == "cupy":
             from .cupy014 import CupyScan
@@ -235,13 +239,15 @@ def scan(
             from . import cpu_scan
 
             run = cpu_scan.scan_e if grad else cpu_scan.scan_nograd
-            acc = run(y_seq.to(sd), prev, float(lam), float(theta), scale, surrogate)
+            acc, spk = run(y_seq.to(sd), prev, float(lam), float(theta), scale, surrogate, spikes)
+            spk = None if spk is None else spk.to(y_seq.dtype)
         elif grad:
             acc = TorchScan.apply(y_seq, prev, float(lam), float(theta), input_scale, surrogate, sd)
         else:
             acc, _ = forward_scan(y_seq.detach().to(sd), prev, float(lam), float(theta),
                                   input_scale, _fire(surrogate), save_z=False)
-        return acc.to(y_seq.dtype), acc[-1].detach().to(sd)
+        out = acc.to(y_seq.dtype), acc[-1].detach().to(sd)
+        return out + ((spk,) if spikes else ())
     # SAF-F: steps 0..T-2 without a graph (by the chosen backend), the last with the oracle.
     T = y_seq.shape[0]
     head = None
@@ -255,7 +261,7 @@ def scan(
                 from . import cpu_scan
 
                 head = cpu_scan.scan_nograd(y_seq[:-1].to(sd), prev, float(lam), float(theta),
-                                            scale)
+                                            scale)[0]
             else:
                 head, _ = forward_scan(y_seq[:-1].detach().to(sd), prev, float(lam), float(theta),
                                        input_scale, core.heaviside, save_z=False)
@@ -269,5 +275,5 @@ def scan(
     with torch.set_grad_enabled(grad):
         acc_last, _ = core.saf_f_step(last, prev, float(lam), float(theta), c)
     acc = acc_last.unsqueeze(0) if head is None else torch.cat([head, acc_last.unsqueeze(0)])
-    return acc.to(y_seq.dtype), acc_last.detach()
+    return (acc.to(y_seq.dtype), acc_last.detach()) + ((None,) if spikes else ())
 

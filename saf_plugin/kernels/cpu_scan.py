@@ -47,9 +47,9 @@ namespace {
 
 constexpr int64_t kBlock = 2048;  // elements of one step kept in cache across the T steps
 
-template <typename T, bool SCALE, bool PREV, bool SAVEZ>
+template <typename T, bool SCALE, bool PREV, bool SAVEZ, bool SAVES>
 void step(const T* __restrict y, const T* __restrict prev, T* __restrict acc, T* __restrict z,
-          int64_t n, T lam, T tl, T theta, T scale) {
+          T* __restrict spk, int64_t n, T lam, T tl, T theta, T scale) {
   for (int64_t i = 0; i < n; ++i) {
     T u = SCALE ? y[i] * scale : y[i];
     if (PREV) u = u - tl * prev[i];
@@ -57,11 +57,12 @@ void step(const T* __restrict y, const T* __restrict prev, T* __restrict acc, T*
     const T s = zz >= T(0) ? T(1) : T(0);
     acc[i] = PREV ? lam * prev[i] + s : s;
     if (SAVEZ) z[i] = zz;
+    if (SAVES) spk[i] = s;
   }
 }
 
-template <typename T, bool SCALE, bool SAVEZ>
-void scan(const T* y, const T* a0, T* acc, T* z, int64_t steps, int64_t n,
+template <typename T, bool SCALE, bool SAVEZ, bool SAVES>
+void scan(const T* y, const T* a0, T* acc, T* z, T* spk, int64_t steps, int64_t n,
           T lam, T tl, T theta, T scale) {
   at::parallel_for(0, n, kBlock, [&](int64_t b0, int64_t b1) {
     for (int64_t c0 = b0; c0 < b1; c0 += kBlock) {
@@ -69,38 +70,46 @@ void scan(const T* y, const T* a0, T* acc, T* z, int64_t steps, int64_t n,
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t o = t * n + c0;
         T* zt = SAVEZ ? z + o : nullptr;
+        T* st = SAVES ? spk + o : nullptr;
         const T* prev = t > 0 ? acc + o - n : (a0 ? a0 + c0 : nullptr);
         if (prev)
-          step<T, SCALE, true, SAVEZ>(y + o, prev, acc + o, zt, len, lam, tl, theta, scale);
+          step<T, SCALE, true, SAVEZ, SAVES>(y + o, prev, acc + o, zt, st, len, lam, tl, theta,
+                                             scale);
         else
-          step<T, SCALE, false, SAVEZ>(y + o, nullptr, acc + o, zt, len, lam, tl, theta, scale);
+          step<T, SCALE, false, SAVEZ, SAVES>(y + o, nullptr, acc + o, zt, st, len, lam, tl,
+                                              theta, scale);
       }
     }
   });
 }
 
+template <typename T, bool SCALE>
+void run_scaled(const T* yp, const T* a0p, T* ap, T* zp, T* sp, int64_t steps, int64_t n, T l,
+                T tl, T th, T k) {
+  if (zp && sp) scan<T, SCALE, true, true>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else if (zp) scan<T, SCALE, true, false>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else if (sp) scan<T, SCALE, false, true>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else scan<T, SCALE, false, false>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+}
+
 template <typename T>
 void run(const at::Tensor& y, const at::Tensor& a0, at::Tensor& acc, at::Tensor& z,
-         double lam, double theta, c10::optional<double> scale) {
+         at::Tensor& spk, double lam, double theta, c10::optional<double> scale) {
   const int64_t steps = y.size(0), n = steps ? y.numel() / steps : 0;
   const T* a0p = a0.defined() ? a0.data_ptr<T>() : nullptr;
   T* zp = z.numel() ? z.data_ptr<T>() : nullptr;
+  T* sp = spk.numel() ? spk.data_ptr<T>() : nullptr;
   const T l = static_cast<T>(lam), tl = static_cast<T>(theta * lam), th = static_cast<T>(theta);
   const T k = static_cast<T>(scale.value_or(1.0));
-  const T* yp = y.data_ptr<T>();
-  T* ap = acc.data_ptr<T>();
-  if (scale.has_value()) {
-    if (zp) scan<T, true, true>(yp, a0p, ap, zp, steps, n, l, tl, th, k);
-    else scan<T, true, false>(yp, a0p, ap, zp, steps, n, l, tl, th, k);
-  } else {
-    if (zp) scan<T, false, true>(yp, a0p, ap, zp, steps, n, l, tl, th, k);
-    else scan<T, false, false>(yp, a0p, ap, zp, steps, n, l, tl, th, k);
-  }
+  if (scale.has_value())
+    run_scaled<T, true>(y.data_ptr<T>(), a0p, acc.data_ptr<T>(), zp, sp, steps, n, l, tl, th, k);
+  else
+    run_scaled<T, false>(y.data_ptr<T>(), a0p, acc.data_ptr<T>(), zp, sp, steps, n, l, tl, th, k);
 }
 
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0,
-                                           double lam, double theta, c10::optional<double> scale,
-                                           bool save_z) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0, double lam, double theta,
+    c10::optional<double> scale, bool save_z, bool save_s) {
   TORCH_CHECK(y_in.device().is_cpu(), "saf_cpu_scan: CPU tensors only");
   TORCH_CHECK(y_in.scalar_type() == at::kFloat || y_in.scalar_type() == at::kDouble,
               "saf_cpu_scan: float32 or float64 input, not ", y_in.scalar_type());
@@ -115,9 +124,10 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& y_in, const c10::op
   }
   at::Tensor acc = at::empty_like(y);
   at::Tensor z = save_z ? at::empty_like(y) : at::empty({0}, y.options());
-  if (y.scalar_type() == at::kFloat) run<float>(y, a0, acc, z, lam, theta, scale);
-  else run<double>(y, a0, acc, z, lam, theta, scale);
-  return {acc, z};
+  at::Tensor spk = save_s ? at::empty_like(y) : at::empty({0}, y.options());
+  if (y.scalar_type() == at::kFloat) run<float>(y, a0, acc, z, spk, lam, theta, scale);
+  else run<double>(y, a0, acc, z, spk, lam, theta, scale);
+  return {acc, z, spk};
 }
 
 // dY = κ σ'(z) dÂ; kind 0: SpikingJelly Sigmoid, 1: SpikingJelly ATan (their op order).
@@ -172,8 +182,8 @@ at::Tensor backward(const at::Tensor& z_in, const at::Tensor& grad, c10::optiona
 }  // namespace
 
 TORCH_LIBRARY(saf_cpu_scan, m) {
-  m.def("forward(Tensor y, Tensor? acc0, float lam, float theta, float? scale, bool save_z) "
-        "-> (Tensor, Tensor)");
+  m.def("forward(Tensor y, Tensor? acc0, float lam, float theta, float? scale, bool save_z, "
+        "bool save_s) -> (Tensor, Tensor, Tensor)");
   m.def("backward(Tensor z, Tensor grad, float? scale, int kind, float alpha) -> Tensor");
 }
 
@@ -264,8 +274,9 @@ def why() -> str:
 
 def _register() -> None:
     @torch.library.register_fake("saf_cpu_scan::forward")
-    def _(y, acc0, lam, theta, scale, save_z):
-        return torch.empty_like(y), (torch.empty_like(y) if save_z else y.new_empty(0))
+    def _(y, acc0, lam, theta, scale, save_z, save_s):
+        return (torch.empty_like(y), torch.empty_like(y) if save_z else y.new_empty(0),
+                torch.empty_like(y) if save_s else y.new_empty(0))
 
     @torch.library.register_fake("saf_cpu_scan::backward")
     def _(z, grad, scale, kind, alpha):
@@ -273,37 +284,50 @@ def _register() -> None:
 
 
 class CpuScan(torch.autograd.Function):
-    """â = scan(Y) [T, ...] (fp32 or fp64) with the SAF-E gradient of the surrogate (kind, α);
-    ``acc0`` (â[t0−1]) is a constant."""
+    """(â, s) = scan(Y) [T, ...] (fp32 or fp64) with the SAF-E gradient of the surrogate
+    (kind, α); ``acc0`` (â[t0−1]) is a constant. The spikes s[t] = H(z[t]) (written in the same
+    pass, 0-element when not asked for) take the gradient of â[t], as s[t] = â[t] − λ â[t−1]
+    with â[t−1] a constant: ∂L/∂Y[t] = κ σ'(z[t]) (∂L/∂â[t] + ∂L/∂s[t])."""
 
     @staticmethod
     def forward(ctx, y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
-                scale: Optional[float], kind: int, alpha: float):
-        acc, z = torch.ops.saf_cpu_scan.forward(y, acc0, lam, theta, scale,
-                                                ctx.needs_input_grad[0])
+                scale: Optional[float], kind: int, alpha: float, spikes: bool):
+        acc, z, spk = torch.ops.saf_cpu_scan.forward(y, acc0, lam, theta, scale,
+                                                     ctx.needs_input_grad[0], spikes)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(z)
         ctx.scale, ctx.kind, ctx.alpha = scale, kind, alpha
-        return acc
+        ctx.set_materialize_grads(False)
+        return acc, spk
 
     @staticmethod
-    def backward(ctx, grad_acc: Tensor):
+    def backward(ctx, grad_acc: Optional[Tensor], grad_spk: Optional[Tensor]):
         (z,) = ctx.saved_tensors
-        g = torch.ops.saf_cpu_scan.backward(z, grad_acc, ctx.scale, ctx.kind, ctx.alpha)
-        return g, None, None, None, None, None, None
+        if grad_acc is None or grad_spk is None:
+            grad = grad_spk if grad_acc is None else grad_acc
+        else:
+            grad = grad_acc + grad_spk
+        if grad is None:
+            return (None,) * 8
+        g = torch.ops.saf_cpu_scan.backward(z, grad, ctx.scale, ctx.kind, ctx.alpha)
+        return g, None, None, None, None, None, None, None
 
 
 def scan_e(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float, scale: Optional[float],
-           surrogate: Callable) -> Tensor:
-    """SAF-E scan of ``y`` [T, ...] in its own dtype (fp32/fp64); ``surrogate`` must have a
-    :func:`surrogate_kind`."""
+           surrogate: Callable, spikes: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """SAF-E scan of ``y`` [T, ...] in its own dtype (fp32/fp64): (â, s or None); ``surrogate``
+    must have a :func:`surrogate_kind`."""
     kind, alpha = surrogate_kind(surrogate)
-    return CpuScan.apply(y, acc0, lam, theta, scale, kind, alpha)
+    acc, spk = CpuScan.apply(y, acc0, lam, theta, scale, kind, alpha, spikes)
+    return acc, spk if spikes else None
 
 
 def scan_nograd(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
-                scale: Optional[float], surrogate: Optional[Callable] = None) -> Tensor:
+                scale: Optional[float], surrogate: Optional[Callable] = None,
+                spikes: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """The forward only (H(x) = [x >= 0], the forward of every :func:`surrogate_kind`
-    surrogate), no graph."""
-    return torch.ops.saf_cpu_scan.forward(y.detach(), acc0, lam, theta, scale, False)[0]
+    surrogate), no graph: (â, s or None)."""
+    acc, _, spk = torch.ops.saf_cpu_scan.forward(y.detach(), acc0, lam, theta, scale, False,
+                                                 spikes)
+    return acc, spk if spikes else None
 
