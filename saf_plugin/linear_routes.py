@@ -49,7 +49,7 @@ class LinearRoutes:
             if bias is not None:
                 shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
                 b = bias.view(shape)
-                out = self._shift(out, b, lam)  # the call added b once
+                out = self._shift(out, b, lam, fresh=True)  # the call added b once
             return self._acc_out(out, lam, site, inputs=(x,))
         return run
 

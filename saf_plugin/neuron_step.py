@@ -201,11 +201,12 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
         elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:
             from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
 
-            acc, st.acc = kernels.scan(y, st.acc, lam=p.decay, theta=p.theta,
-                                       input_scale=p.input_scale, surrogate=p.surrogate,
-                                       mode=mode, c_last=None if c is None else c[-1],
-                                       backend=p.backend)
-            spikes = spikes_of(acc, prev, p.decay, True)
+            acc, st.acc, spikes = kernels.scan(y, st.acc, lam=p.decay, theta=p.theta,
+                                               input_scale=p.input_scale, surrogate=p.surrogate,
+                                               mode=mode, c_last=None if c is None else c[-1],
+                                               backend=p.backend, spikes=True)
+            if spikes is None:  # the backend did not write them in its pass
+                spikes = spikes_of(acc, prev, p.decay, True)
         else:
             steps = []
             for t in range(y.shape[0]):

@@ -233,15 +233,18 @@ class Runtime(Routes, LinearRoutes):
         v = x.unflatten(0, (self.steps, -1))
         return fn(v, c.view(-1, *([1] * (v.dim() - 1)))).flatten(0, 1)
 
-    def _shift(self, out: Tensor, shift, lam: float) -> Tensor:
+    def _shift(self, out: Tensor, shift, lam: float, fresh: bool = False) -> Tensor:
         """out + (c[t] − 1) β, so that Y = A â + β c[t] when ``out`` = A â + β.
 
         SAF-E detaches the added part (a bias gets OTTT's gradient δ, not c[t] δ); SAF-F keeps
-        it (the Spike Representation's gradient)."""
+        it (the Spike Representation's gradient). ``fresh``: ``out`` is the new result of a
+        linear map (whose backward never needs its output), so the shift is added in place."""
         if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
         if self.step_mode == "s" and self.t == 0:
             return out
+        if fresh and out._base is None and not (out.is_leaf and out.requires_grad):
+            return self._rows(out, lam, lambda v, c: v.add_((c - 1) * shift))
         return self._rows(out, lam, lambda v, c: v + (c - 1) * shift)
 
     # ----------------------------------------------------------------- values
