@@ -243,9 +243,14 @@ class Runtime(Routes, LinearRoutes):
             shift = shift.detach()
         if self.step_mode == "s" and self.t == 0:
             return out
-        if fresh and out._base is None and not (out.is_leaf and out.requires_grad):
-            return self._rows(out, lam, lambda v, c: v.add_((c - 1) * shift))
-        return self._rows(out, lam, lambda v, c: v + (c - 1) * shift)
+        if not (fresh and out._base is None and not (out.is_leaf and out.requires_grad)):
+            return self._rows(out, lam, lambda v, c: v + (c - 1) * shift)
+        c = self.series(lam, out) - 1
+        if self.step_mode == "s":
+            return out.add_(c[0] * shift)
+        self._need_tm(self._tm(out), "an affine map")  # added to out itself, not to a view
+        d = c.view(-1, *[1] * out.dim()) * shift  # [T, 1, ...]: the graph keeps c, not T·B rows
+        return out.add_(d.expand(self.steps, out.shape[0] // self.steps, *d.shape[2:]).flatten(0, 1))
 
     # ----------------------------------------------------------------- values
 
