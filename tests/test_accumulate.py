@@ -225,11 +225,13 @@ def test_the_multi_step_scan_runs_float64_without_warnings():
     """Step mode 'm' hands float64 accumulations to saf_plugin.kernels.scan ("auto": the C++
     CPU scan, which runs float64; elsewhere the PyTorch scan): no warning, one per fallback."""
     net = saf_plugin.set_saf(sj_lif("m"), "E", accumulate=F64)
+    spikes = spike_hooks(net)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         for _ in range(3):
             net(torch.rand(4, 2, 8)).sum().backward()
             functional.reset_net(net)
+    assert {s.dtype for s in spikes} == {torch.float32}
 
 
 class _MatMul(torch.autograd.Function):
