@@ -203,8 +203,8 @@ def scan(
     ``acc_prev`` is â[t0−1] (None at t = 0), ``input_scale`` ρ (None for 1), ``c_last`` the
     series c[t] at the last step (mode "F"). Returns (â [T, B, ...] in ``y_seq``'s dtype, with
     the SAF-E or SAF-F graph when grad is enabled; the last â in the state dtype, detached).
-    With ``spikes=True`` a third item: the spikes s[t] [T, B, ...] where the backend writes them
-    in the same pass (``"cpu"``, SAF-E), with the gradient of â[t]; else None.
+    With ``spikes=True`` a third item: the spikes, shape [T, B, ...], where the backend writes
+    them in the same pass (``"cpu"``, SAF-E), with the gradient of â[t]; else None.
     """
     if mode not in (Mode.E, Mode.F):
         raise ValueError(f"mode must be 'E' or 'F', not {mode!r}")
