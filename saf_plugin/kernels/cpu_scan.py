@@ -79,6 +79,16 @@ void scan(const T* y, const T* a0, T* acc, T* spk, int64_t steps, int64_t n,
   });
 }
 
+// z[t] = κ Y[t] − (θλ) â[t−1] − θ, recomputed exactly as the forward computed it.
+template <typename T, bool SCALE>
+inline T z_at(const T* y, const T* acc, const T* a0, int64_t i, int64_t n, T tl, T theta,
+              T scale) {
+  T u = SCALE ? y[i] * scale : y[i];
+  const T* prev = i >= n ? acc + i - n : (a0 ? a0 + i : nullptr);
+  if (prev) u = u - tl * *prev;
+  return u - theta;
+}
+
 struct Args {
   int64_t steps, n;
   double lam, theta;
@@ -141,50 +151,21 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& y_in,
   return {acc, spk};
 }
 
-// out[i] = f(z[t][i], i) over one block of step t, z[t] = κ Y[t] − (θλ) â[t−1] − θ recomputed
-// exactly as the forward computed it (a loop without branches, so it vectorises).
-template <typename T, bool SCALE, bool PREV, typename F>
-inline void each_z(const T* __restrict y, const T* __restrict prev, int64_t len, T tl, T theta,
-                   T scale, F f) {
-  for (int64_t i = 0; i < len; ++i) {
-    T u = SCALE ? y[i] * scale : y[i];
-    if (PREV) u = u - tl * prev[i];
-    f(i, u - theta);
-  }
-}
-
-// f(o, i, z) for every element, block by block over the neurons, step by step in a block.
-template <typename T, bool SCALE, typename F>
-void for_each_z(const T* y, const T* acc, const T* a0, const Args& a, F f) {
-  const T tl = static_cast<T>(a.theta * a.lam), th = static_cast<T>(a.theta);
-  const T k = static_cast<T>(a.scale.value_or(1.0));
-  const int64_t n = a.n;
-  at::parallel_for(0, n, kBlock, [&](int64_t b0, int64_t b1) {
-    for (int64_t c0 = b0; c0 < b1; c0 += kBlock) {
-      const int64_t len = std::min(kBlock, b1 - c0);
-      for (int64_t t = 0; t < a.steps; ++t) {
-        const int64_t o = t * n + c0;
-        const T* prev = t > 0 ? acc + o - n : (a0 ? a0 + c0 : nullptr);
-        auto g = [&](int64_t i, T z) { f(o + i, z); };
-        if (prev) each_z<T, SCALE, true>(y + o, prev, len, tl, th, k, g);
-        else each_z<T, SCALE, false>(y + o, nullptr, len, tl, th, k, g);
-      }
-    }
-  });
-}
-
 // dY = κ σ'(z) dÂ with z recomputed from Y and Â; kind 0: SpikingJelly Sigmoid, 1: SpikingJelly
 // ATan (their op order; Sigmoid's sigmoid is ATen's own, run in place on α z).
 template <typename T, bool SCALE>
-void backward_loop(const T* y, const T* acc, const T* a0, const T* g, at::Tensor& out_t,
-                   const Args& a, int64_t kind, double alpha) {
+void backward_loop(const T* y, const T* acc, const T* a0, const T* g, T* out, const Args& a,
+                   int64_t kind, double alpha) {
+  const T tl = static_cast<T>(a.theta * a.lam), th = static_cast<T>(a.theta);
   const T k = static_cast<T>(a.scale.value_or(1.0));
-  const int64_t total = a.steps * a.n;
-  T* out = out_t.data_ptr<T>();
+  const int64_t total = a.steps * a.n, n = a.n;
   if (kind == 0) {
     const T al = static_cast<T>(alpha);
-    for_each_z<T, SCALE>(y, acc, a0, a, [&](int64_t i, T z) { out[i] = z * al; });
-    out_t.sigmoid_();  // ATen's sigmoid, in place: out = sg
+    at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) out[i] = z_at<T, SCALE>(y, acc, a0, i, n, tl, th, k) * al;
+    });
+    at::Tensor view = at::from_blob(out, {total}, c10::CppTypeToScalarType<T>::value);
+    view.sigmoid_();  // ATen's sigmoid, in place: out = sg
     at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         T r = g[i] * (T(1) - out[i]);
@@ -196,12 +177,14 @@ void backward_loop(const T* y, const T* acc, const T* a0, const T* g, at::Tensor
   } else {
     const double half = alpha / 2;
     const T ah = static_cast<T>(half), pa = static_cast<T>(M_PI * half);
-    for_each_z<T, SCALE>(y, acc, a0, a, [&](int64_t i, T z) {
-      const T ax = pa * z;
-      const T d = T(1) / (ax * ax + T(1));
-      T r = d * ah;
-      r = r * g[i];
-      out[i] = SCALE ? r * k : r;
+    at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const T ax = pa * z_at<T, SCALE>(y, acc, a0, i, n, tl, th, k);
+        const T d = T(1) / (ax * ax + T(1));
+        T r = d * ah;
+        r = r * g[i];
+        out[i] = SCALE ? r * k : r;
+      }
     });
   }
 }
@@ -223,15 +206,17 @@ at::Tensor backward(const at::Tensor& y_in, const at::Tensor& acc_in,
   if (y.scalar_type() == at::kFloat) {
     const float* a0p = a0.defined() ? a0.data_ptr<float>() : nullptr;
     if (s) backward_loop<float, true>(y.data_ptr<float>(), acc.data_ptr<float>(), a0p,
-                                      g.data_ptr<float>(), out, a, kind, alpha);
+                                      g.data_ptr<float>(), out.data_ptr<float>(), a, kind, alpha);
     else backward_loop<float, false>(y.data_ptr<float>(), acc.data_ptr<float>(), a0p,
-                                     g.data_ptr<float>(), out, a, kind, alpha);
+                                     g.data_ptr<float>(), out.data_ptr<float>(), a, kind, alpha);
   } else {
     const double* a0p = a0.defined() ? a0.data_ptr<double>() : nullptr;
     if (s) backward_loop<double, true>(y.data_ptr<double>(), acc.data_ptr<double>(), a0p,
-                                       g.data_ptr<double>(), out, a, kind, alpha);
+                                       g.data_ptr<double>(), out.data_ptr<double>(), a, kind,
+                                       alpha);
     else backward_loop<double, false>(y.data_ptr<double>(), acc.data_ptr<double>(), a0p,
-                                      g.data_ptr<double>(), out, a, kind, alpha);
+                                      g.data_ptr<double>(), out.data_ptr<double>(), a, kind,
+                                      alpha);
   }
   return out;
 }
