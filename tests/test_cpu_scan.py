@@ -183,12 +183,12 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
 
 def test_operators_are_registered_with_fake_implementations():
     y = inputs((2, 33), 3, torch.float32, seed=8)
-    args = (y, None, 0.5, 1.0, 0.5, True)
+    args = (y, None, 0.5, 1.0, 0.5, True, True)
     torch.library.opcheck(torch.ops.saf_cpu_scan.forward.default, args,
                           test_utils=("test_schema", "test_faketensor"))
-    acc, _ = torch.ops.saf_cpu_scan.forward(*args)
+    _, z, _ = torch.ops.saf_cpu_scan.forward(*args)
     torch.library.opcheck(torch.ops.saf_cpu_scan.backward.default,
-                          (y, acc, None, torch.ones_like(y), 0.5, 1.0, 0.5, 0, 4.0),
+                          (z, torch.ones_like(z), 0.5, 0, 4.0),
                           test_utils=("test_schema", "test_faketensor"))
 
 

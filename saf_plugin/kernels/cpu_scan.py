@@ -47,60 +47,74 @@ namespace {
 
 constexpr int64_t kBlock = 2048;  // elements of one step kept in cache across the T steps
 
-template <typename T, bool SCALE, bool PREV, bool SAVES>
-void step(const T* __restrict y, const T* __restrict prev, T* __restrict acc, T* __restrict spk,
-          int64_t n, T lam, T tl, T theta, T scale) {
+template <typename T, bool SCALE, bool PREV, bool SAVEZ, bool SAVES>
+void step(const T* __restrict y, const T* __restrict prev, T* __restrict acc, T* __restrict z,
+          T* __restrict spk, int64_t n, T lam, T tl, T theta, T scale) {
   for (int64_t i = 0; i < n; ++i) {
     T u = SCALE ? y[i] * scale : y[i];
     if (PREV) u = u - tl * prev[i];
     const T zz = u - theta;
     const T s = zz >= T(0) ? T(1) : T(0);
     acc[i] = PREV ? lam * prev[i] + s : s;
+    if (SAVEZ) z[i] = zz;
     if (SAVES) spk[i] = s;
   }
 }
 
-template <typename T, bool SCALE, bool SAVES>
-void scan(const T* y, const T* a0, T* acc, T* spk, int64_t steps, int64_t n,
+template <typename T, bool SCALE, bool SAVEZ, bool SAVES>
+void scan(const T* y, const T* a0, T* acc, T* z, T* spk, int64_t steps, int64_t n,
           T lam, T tl, T theta, T scale) {
   at::parallel_for(0, n, kBlock, [&](int64_t b0, int64_t b1) {
     for (int64_t c0 = b0; c0 < b1; c0 += kBlock) {
       const int64_t len = std::min(kBlock, b1 - c0);
       for (int64_t t = 0; t < steps; ++t) {
         const int64_t o = t * n + c0;
+        T* zt = SAVEZ ? z + o : nullptr;
         T* st = SAVES ? spk + o : nullptr;
         const T* prev = t > 0 ? acc + o - n : (a0 ? a0 + c0 : nullptr);
         if (prev)
-          step<T, SCALE, true, SAVES>(y + o, prev, acc + o, st, len, lam, tl, theta, scale);
+          step<T, SCALE, true, SAVEZ, SAVES>(y + o, prev, acc + o, zt, st, len, lam, tl, theta,
+                                             scale);
         else
-          step<T, SCALE, false, SAVES>(y + o, nullptr, acc + o, st, len, lam, tl, theta, scale);
+          step<T, SCALE, false, SAVEZ, SAVES>(y + o, nullptr, acc + o, zt, st, len, lam, tl,
+                                              theta, scale);
       }
     }
   });
 }
 
-// z[t] = κ Y[t] − (θλ) â[t−1] − θ, recomputed exactly as the forward computed it.
 template <typename T, bool SCALE>
-inline T z_at(const T* y, const T* acc, const T* a0, int64_t i, int64_t n, T tl, T theta,
-              T scale) {
-  T u = SCALE ? y[i] * scale : y[i];
-  const T* prev = i >= n ? acc + i - n : (a0 ? a0 + i : nullptr);
-  if (prev) u = u - tl * *prev;
-  return u - theta;
+void run_scaled(const T* yp, const T* a0p, T* ap, T* zp, T* sp, int64_t steps, int64_t n, T l,
+                T tl, T th, T k) {
+  if (zp && sp) scan<T, SCALE, true, true>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else if (zp) scan<T, SCALE, true, false>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else if (sp) scan<T, SCALE, false, true>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
+  else scan<T, SCALE, false, false>(yp, a0p, ap, zp, sp, steps, n, l, tl, th, k);
 }
 
-struct Args {
-  int64_t steps, n;
-  double lam, theta;
-  c10::optional<double> scale;
-};
-
-Args args_of(const at::Tensor& y, double lam, double theta, c10::optional<double> scale) {
-  const int64_t steps = y.size(0);
-  return {steps, steps ? y.numel() / steps : 0, lam, theta, scale};
+template <typename T>
+void run(const at::Tensor& y, const at::Tensor& a0, at::Tensor& acc, at::Tensor& z,
+         at::Tensor& spk, double lam, double theta, c10::optional<double> scale) {
+  const int64_t steps = y.size(0), n = steps ? y.numel() / steps : 0;
+  const T* a0p = a0.defined() ? a0.data_ptr<T>() : nullptr;
+  T* zp = z.numel() ? z.data_ptr<T>() : nullptr;
+  T* sp = spk.numel() ? spk.data_ptr<T>() : nullptr;
+  const T l = static_cast<T>(lam), tl = static_cast<T>(theta * lam), th = static_cast<T>(theta);
+  const T k = static_cast<T>(scale.value_or(1.0));
+  if (scale.has_value())
+    run_scaled<T, true>(y.data_ptr<T>(), a0p, acc.data_ptr<T>(), zp, sp, steps, n, l, tl, th, k);
+  else
+    run_scaled<T, false>(y.data_ptr<T>(), a0p, acc.data_ptr<T>(), zp, sp, steps, n, l, tl, th, k);
 }
 
-at::Tensor carried(const at::Tensor& y, const c10::optional<at::Tensor>& acc0) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward(
+    const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0, double lam, double theta,
+    c10::optional<double> scale, bool save_z, bool save_s) {
+  TORCH_CHECK(y_in.device().is_cpu(), "saf_cpu_scan: CPU tensors only");
+  TORCH_CHECK(y_in.scalar_type() == at::kFloat || y_in.scalar_type() == at::kDouble,
+              "saf_cpu_scan: float32 or float64 input, not ", y_in.scalar_type());
+  TORCH_CHECK(y_in.dim() >= 1, "saf_cpu_scan: input [T, ...]");
+  const at::Tensor y = y_in.contiguous();
   at::Tensor a0;
   if (acc0.has_value() && acc0->defined()) {
     a0 = acc0->to(y.scalar_type()).contiguous();
@@ -108,126 +122,69 @@ at::Tensor carried(const at::Tensor& y, const c10::optional<at::Tensor>& acc0) {
                 "saf_cpu_scan: the carried state has ", a0.numel(), " elements, one step has ",
                 y.size(0) ? y.numel() / y.size(0) : 0);
   }
-  return a0;
-}
-
-template <typename T>
-void run(const at::Tensor& y, const at::Tensor& a0, at::Tensor& acc, at::Tensor& spk,
-         const Args& a) {
-  const T* a0p = a0.defined() ? a0.data_ptr<T>() : nullptr;
-  T* sp = spk.numel() ? spk.data_ptr<T>() : nullptr;
-  const T l = static_cast<T>(a.lam), tl = static_cast<T>(a.theta * a.lam);
-  const T th = static_cast<T>(a.theta), k = static_cast<T>(a.scale.value_or(1.0));
-  const T* yp = y.data_ptr<T>();
-  T* ap = acc.data_ptr<T>();
-  if (a.scale.has_value()) {
-    if (sp) scan<T, true, true>(yp, a0p, ap, sp, a.steps, a.n, l, tl, th, k);
-    else scan<T, true, false>(yp, a0p, ap, sp, a.steps, a.n, l, tl, th, k);
-  } else {
-    if (sp) scan<T, false, true>(yp, a0p, ap, sp, a.steps, a.n, l, tl, th, k);
-    else scan<T, false, false>(yp, a0p, ap, sp, a.steps, a.n, l, tl, th, k);
-  }
-}
-
-void check_input(const at::Tensor& y) {
-  TORCH_CHECK(y.device().is_cpu(), "saf_cpu_scan: CPU tensors only");
-  TORCH_CHECK(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
-              "saf_cpu_scan: float32 or float64 input, not ", y.scalar_type());
-  TORCH_CHECK(y.dim() >= 1, "saf_cpu_scan: input [T, ...]");
-}
-
-std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& y_in,
-                                           const c10::optional<at::Tensor>& acc0, double lam,
-                                           double theta, c10::optional<double> scale,
-                                           bool save_s) {
-  check_input(y_in);
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor a0 = carried(y, acc0);
   at::Tensor acc = at::empty_like(y);
+  at::Tensor z = save_z ? at::empty_like(y) : at::empty({0}, y.options());
   at::Tensor spk = save_s ? at::empty_like(y) : at::empty({0}, y.options());
-  const Args a = args_of(y, lam, theta, scale);
-  if (y.scalar_type() == at::kFloat) run<float>(y, a0, acc, spk, a);
-  else run<double>(y, a0, acc, spk, a);
-  return {acc, spk};
+  if (y.scalar_type() == at::kFloat) run<float>(y, a0, acc, z, spk, lam, theta, scale);
+  else run<double>(y, a0, acc, z, spk, lam, theta, scale);
+  return {acc, z, spk};
 }
 
-// dY = κ σ'(z) dÂ with z recomputed from Y and Â; kind 0: SpikingJelly Sigmoid, 1: SpikingJelly
-// ATan (their op order; Sigmoid's sigmoid is ATen's own, run in place on α z).
-template <typename T, bool SCALE>
-void backward_loop(const T* y, const T* acc, const T* a0, const T* g, T* out, const Args& a,
-                   int64_t kind, double alpha) {
-  const T tl = static_cast<T>(a.theta * a.lam), th = static_cast<T>(a.theta);
-  const T k = static_cast<T>(a.scale.value_or(1.0));
-  const int64_t total = a.steps * a.n, n = a.n;
+// dY = κ σ'(z) dÂ; kind 0: SpikingJelly Sigmoid, 1: SpikingJelly ATan (their op order).
+template <typename T>
+void backward_loop(const T* __restrict z, const T* __restrict g, const T* sg, T* out,
+                   int64_t n, int64_t kind, double alpha,
+                   c10::optional<double> scale) {
+  const T k = static_cast<T>(scale.value_or(1.0));
+  const bool has_k = scale.has_value();
   if (kind == 0) {
-    const T al = static_cast<T>(alpha);
-    at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) out[i] = z_at<T, SCALE>(y, acc, a0, i, n, tl, th, k) * al;
-    });
-    at::Tensor view = at::from_blob(out, {total}, c10::CppTypeToScalarType<T>::value);
-    view.sigmoid_();  // ATen's sigmoid, in place: out = sg
-    at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
+    const T a = static_cast<T>(alpha);
+    at::parallel_for(0, n, 8 * kBlock, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        T r = g[i] * (T(1) - out[i]);
-        r = r * out[i];
-        r = r * al;
-        out[i] = SCALE ? r * k : r;
+        T r = g[i] * (T(1) - sg[i]);
+        r = r * sg[i];
+        r = r * a;
+        out[i] = has_k ? r * k : r;
       }
     });
   } else {
     const double half = alpha / 2;
-    const T ah = static_cast<T>(half), pa = static_cast<T>(M_PI * half);
-    at::parallel_for(0, total, 8 * kBlock, [&](int64_t b, int64_t e) {
+    const T a = static_cast<T>(half), pa = static_cast<T>(M_PI * half);
+    at::parallel_for(0, n, 8 * kBlock, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
-        const T ax = pa * z_at<T, SCALE>(y, acc, a0, i, n, tl, th, k);
+        const T ax = pa * z[i];
         const T d = T(1) / (ax * ax + T(1));
-        T r = d * ah;
+        T r = d * a;
         r = r * g[i];
-        out[i] = SCALE ? r * k : r;
+        out[i] = has_k ? r * k : r;
       }
     });
   }
 }
 
-at::Tensor backward(const at::Tensor& y_in, const at::Tensor& acc_in,
-                    const c10::optional<at::Tensor>& acc0, const at::Tensor& grad, double lam,
-                    double theta, c10::optional<double> scale, int64_t kind, double alpha) {
+at::Tensor backward(const at::Tensor& z_in, const at::Tensor& grad, c10::optional<double> scale,
+                    int64_t kind, double alpha) {
   TORCH_CHECK(kind == 0 || kind == 1, "saf_cpu_scan: unknown surrogate kind ", kind);
-  check_input(y_in);
-  const at::Tensor y = y_in.contiguous();
-  const at::Tensor acc = acc_in.to(y.scalar_type()).contiguous();
-  const at::Tensor g = grad.to(y.scalar_type()).contiguous();
-  TORCH_CHECK(g.numel() == y.numel() && acc.numel() == y.numel(),
-              "saf_cpu_scan: gradient, input and accumulation differ in size");
-  const at::Tensor a0 = carried(y, acc0);
-  at::Tensor out = at::empty_like(y);
-  const Args a = args_of(y, lam, theta, scale);
-  const bool s = scale.has_value();
-  if (y.scalar_type() == at::kFloat) {
-    const float* a0p = a0.defined() ? a0.data_ptr<float>() : nullptr;
-    if (s) backward_loop<float, true>(y.data_ptr<float>(), acc.data_ptr<float>(), a0p,
-                                      g.data_ptr<float>(), out.data_ptr<float>(), a, kind, alpha);
-    else backward_loop<float, false>(y.data_ptr<float>(), acc.data_ptr<float>(), a0p,
-                                     g.data_ptr<float>(), out.data_ptr<float>(), a, kind, alpha);
-  } else {
-    const double* a0p = a0.defined() ? a0.data_ptr<double>() : nullptr;
-    if (s) backward_loop<double, true>(y.data_ptr<double>(), acc.data_ptr<double>(), a0p,
-                                       g.data_ptr<double>(), out.data_ptr<double>(), a, kind,
-                                       alpha);
-    else backward_loop<double, false>(y.data_ptr<double>(), acc.data_ptr<double>(), a0p,
-                                      g.data_ptr<double>(), out.data_ptr<double>(), a, kind,
-                                      alpha);
-  }
+  const at::Tensor z = z_in.contiguous();
+  const at::Tensor g = grad.to(z.scalar_type()).contiguous();
+  TORCH_CHECK(g.numel() == z.numel(), "saf_cpu_scan: gradient and saved tensor differ in size");
+  at::Tensor sg = kind == 0 ? at::mul(z, alpha).sigmoid_() : z;  // ATen's own sigmoid
+  at::Tensor out = kind == 0 ? sg : at::empty_like(z);  // Sigmoid: in place, element by element
+  if (z.scalar_type() == at::kFloat)
+    backward_loop<float>(z.data_ptr<float>(), g.data_ptr<float>(), sg.data_ptr<float>(),
+                         out.data_ptr<float>(), z.numel(), kind, alpha, scale);
+  else
+    backward_loop<double>(z.data_ptr<double>(), g.data_ptr<double>(), sg.data_ptr<double>(),
+                          out.data_ptr<double>(), z.numel(), kind, alpha, scale);
   return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY(saf_cpu_scan, m) {
-  m.def("forward(Tensor y, Tensor? acc0, float lam, float theta, float? scale, bool save_s) "
-        "-> (Tensor, Tensor)");
-  m.def("backward(Tensor y, Tensor acc, Tensor? acc0, Tensor grad, float lam, float theta, "
-        "float? scale, int kind, float alpha) -> Tensor");
+  m.def("forward(Tensor y, Tensor? acc0, float lam, float theta, float? scale, bool save_z, "
+        "bool save_s) -> (Tensor, Tensor, Tensor)");
+  m.def("backward(Tensor z, Tensor grad, float? scale, int kind, float alpha) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(saf_cpu_scan, CPU, m) {
@@ -317,43 +274,42 @@ def why() -> str:
 
 def _register() -> None:
     @torch.library.register_fake("saf_cpu_scan::forward")
-    def _(y, acc0, lam, theta, scale, save_s):
-        return torch.empty_like(y), torch.empty_like(y) if save_s else y.new_empty(0)
+    def _(y, acc0, lam, theta, scale, save_z, save_s):
+        return (torch.empty_like(y), torch.empty_like(y) if save_z else y.new_empty(0),
+                torch.empty_like(y) if save_s else y.new_empty(0))
 
     @torch.library.register_fake("saf_cpu_scan::backward")
-    def _(y, acc, acc0, grad, lam, theta, scale, kind, alpha):
-        return torch.empty_like(y)
+    def _(z, grad, scale, kind, alpha):
+        return torch.empty_like(z)
 
 
 class CpuScan(torch.autograd.Function):
     """(â, s) = scan(Y) [T, ...] (fp32 or fp64) with the SAF-E gradient of the surrogate
     (kind, α); ``acc0`` (â[t0−1]) is a constant. The spikes s[t] = H(z[t]) (written in the same
     pass, 0-element when not asked for) take the gradient of â[t], as s[t] = â[t] − λ â[t−1]
-    with â[t−1] a constant: ∂L/∂Y[t] = κ σ'(z[t]) (∂L/∂â[t] + ∂L/∂s[t]). The backward
-    recomputes z[t] from Y and â (kept alive anyway: â is the next layer's input), so the
-    forward writes no z."""
+    with â[t−1] a constant: ∂L/∂Y[t] = κ σ'(z[t]) (∂L/∂â[t] + ∂L/∂s[t])."""
 
     @staticmethod
     def forward(ctx, y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
                 scale: Optional[float], kind: int, alpha: float, spikes: bool):
-        acc, spk = torch.ops.saf_cpu_scan.forward(y, acc0, lam, theta, scale, spikes)
+        acc, z, spk = torch.ops.saf_cpu_scan.forward(y, acc0, lam, theta, scale,
+                                                     ctx.needs_input_grad[0], spikes)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(y, acc, acc0)
-        ctx.lam, ctx.theta, ctx.scale, ctx.kind, ctx.alpha = lam, theta, scale, kind, alpha
+            ctx.save_for_backward(z)
+        ctx.scale, ctx.kind, ctx.alpha = scale, kind, alpha
         ctx.set_materialize_grads(False)
         return acc, spk
 
     @staticmethod
     def backward(ctx, grad_acc: Optional[Tensor], grad_spk: Optional[Tensor]):
-        y, acc, acc0 = ctx.saved_tensors
+        (z,) = ctx.saved_tensors
         if grad_acc is None or grad_spk is None:
             grad = grad_spk if grad_acc is None else grad_acc
         else:
             grad = grad_acc + grad_spk
         if grad is None:
             return (None,) * 8
-        g = torch.ops.saf_cpu_scan.backward(y, acc, acc0, grad, ctx.lam, ctx.theta, ctx.scale,
-                                            ctx.kind, ctx.alpha)
+        g = torch.ops.saf_cpu_scan.backward(z, grad, ctx.scale, ctx.kind, ctx.alpha)
         return g, None, None, None, None, None, None, None
 
 
@@ -371,6 +327,7 @@ def scan_nograd(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
                 spikes: bool = False) -> tuple[Tensor, Optional[Tensor]]:
     """The forward only (H(x) = [x >= 0], the forward of every :func:`surrogate_kind`
     surrogate), no graph: (â, s or None)."""
-    acc, spk = torch.ops.saf_cpu_scan.forward(y.detach(), acc0, lam, theta, scale, spikes)
+    acc, _, spk = torch.ops.saf_cpu_scan.forward(y.detach(), acc0, lam, theta, scale, False,
+                                                 spikes)
     return acc, spk if spikes else None
 
