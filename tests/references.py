@@ -3,7 +3,8 @@
 ``TraceLinear``: a linear layer whose weight gradient is taken through the presynaptic trace
 â[t] = λ â[t−1] + s[t] (OTTT's rule). ``Spike``: a Heaviside spike that keeps its input's dtype
 (snnTorch's own surrogates emit float32 spikes, which a float64 model cannot take), with a
-fast-sigmoid derivative in backward.
+fast-sigmoid derivative in backward. ``MatMul``: x @ wᵀ through a custom autograd function (a
+linear map SAF cannot see into).
 """
 
 from __future__ import annotations
@@ -43,3 +44,15 @@ class Spike(torch.autograd.Function):
 
 def spike_grad(x):
     return Spike.apply(x)
+
+
+class MatMul(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w):
+        ctx.save_for_backward(x, w)
+        return x @ w.T
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        return grad @ w, grad.T @ x

@@ -17,6 +17,7 @@ from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 import saf_plugin
+from references import MatMul
 
 F64 = torch.float64
 
@@ -234,18 +235,6 @@ def test_the_multi_step_scan_runs_float64_without_warnings():
     assert {s.dtype for s in spikes} == {torch.float32}
 
 
-class _MatMul(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return x @ w.T
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, w = ctx.saved_tensors
-        return grad @ w, grad.T @ x
-
-
 class MyLinear(nn.Module):
     """A linear map SAF cannot see into (declared with register_linear)."""
 
@@ -254,7 +243,7 @@ class MyLinear(nn.Module):
         self.weight = nn.Parameter(torch.randn(4, 16) * 0.3)
 
     def forward(self, x):
-        return _MatMul.apply(x, self.weight)
+        return MatMul.apply(x, self.weight)
 
 
 saf_plugin.register_linear(MyLinear)
