@@ -118,6 +118,27 @@ def test_torch_compile_runs_a_converted_model_eagerly_without_recompiling(float6
 
 
 @pytest.mark.parametrize("mode", ["E", "F"])
+def test_inductor_runs_step_mode_m_exactly_with_the_engine_eager(float64, mode):
+    """The documented limit (docs/faq.md, "torch.compile?"): Inductor compiles what surrounds
+    the model, the SAF engine runs eagerly inside; outputs and gradients are the eager ones."""
+    torch._dynamo.reset()
+    net = M.strengthen(M.conv(), gain=2.0, bias=0.8)
+    functional.set_step_mode(net, "m")
+    saf_plugin.set_saf(net, mode)
+    x = torch.rand(5, 3, 2, 8, 8)
+    runs = []
+    for fn in (net, torch.compile(lambda v: net(v) * 1.0, backend="inductor")):
+        net.zero_grad()
+        functional.reset_net(net)
+        out = fn(x)
+        (out[-1] if mode == "F" else out).sum().backward()
+        runs.append((out.detach(), [p.grad.clone() for p in net.parameters()]))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)
+    for g_compiled, g_eager in zip(runs[1][1], runs[0][1]):
+        torch.testing.assert_close(g_compiled, g_eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["E", "F"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_input_is_a_clear_error(float64, mode, bad):
     net = M.mlp()
