@@ -118,21 +118,28 @@ class MySoftLIF(base.MemoryModule):
         return s
 
 
-saf_plugin.register_neuron(MySoftLIF, decay=lambda m: 1 - 1 / m.tau, lif=lambda m: dict(
-    decay=1 - 1 / m.tau, threshold=m.v_threshold, surrogate=m.surrogate_function))
-
-
-@pytest.mark.parametrize("mode", ["E", "F"])
-def test_a_users_memory_module_runs_the_closed_form(mode):
+def two_memory_modules(cls, theta1: float, theta2: float):
+    """Linear–cls–Linear–cls in float64, its input [T, B, 8] and the plain run's output; both
+    neuron layers fire."""
     torch.manual_seed(0)
-    net = nn.Sequential(layer.Linear(8, 16), MySoftLIF(v_threshold=0.4), layer.Linear(16, 6),
-                        MySoftLIF(v_threshold=0.15)).double()
+    net = nn.Sequential(layer.Linear(8, 16), cls(v_threshold=theta1), layer.Linear(16, 6),
+                        cls(v_threshold=theta2)).double()
     x = torch.rand(T, B, 8, dtype=torch.float64) * 2
     hidden = []
     net[1].register_forward_hook(lambda m, i, o: hidden.append(o.detach()))
     ref = run(net, x, "s")
     assert 0 < float(ref.mean()) < 1 and 0 < float(torch.stack(hidden).mean()) < 1
     functional.reset_net(net)
+    return net, x, ref
+
+
+saf_plugin.register_neuron(MySoftLIF, decay=lambda m: 1 - 1 / m.tau, lif=lambda m: dict(
+    decay=1 - 1 / m.tau, threshold=m.v_threshold, surrogate=m.surrogate_function))
+
+
+@pytest.mark.parametrize("mode", ["E", "F"])
+def test_a_users_memory_module_runs_the_closed_form(mode):
+    net, x, ref = two_memory_modules(MySoftLIF, 0.4, 0.15)
     assert saf_plugin.check(net)[0].reason.startswith("closed form")
     saf = saf_plugin.set_saf(copy.deepcopy(net), mode)
     got = run(saf, x, "s")
@@ -251,15 +258,7 @@ saf_plugin.register_neuron(MyHardLIF, decay=lambda m: 1 - 1 / m.tau)
 
 
 def test_a_users_memory_module_runs_per_step():
-    torch.manual_seed(0)
-    net = nn.Sequential(layer.Linear(8, 16), MyHardLIF(v_threshold=0.35), layer.Linear(16, 6),
-                        MyHardLIF(v_threshold=0.2)).double()
-    x = torch.rand(T, B, 8, dtype=torch.float64) * 2
-    hidden = []
-    net[1].register_forward_hook(lambda m, i, o: hidden.append(o.detach()))
-    ref = run(net, x, "s")
-    assert 0 < float(ref.mean()) < 1 and 0 < float(torch.stack(hidden).mean()) < 1
-    functional.reset_net(net)
+    net, x, ref = two_memory_modules(MyHardLIF, 0.35, 0.2)
     assert saf_plugin.check(net)[0].reason.startswith("per step")
     saf = saf_plugin.set_saf(copy.deepcopy(net), "E")
     for _ in range(2):  # reset_net starts each sequence
