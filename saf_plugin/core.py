@@ -52,9 +52,11 @@ _HOST: dict[tuple, tuple] = {}
 
 def host_float(t: Union[float, Tensor], read: Optional[Callable[[Tensor], Tensor]] = None) -> float:
     """``float(read(t))`` (``float(t)`` without ``read``), read from the device once per change
-    of ``t``: cached by the tensor and its version counter, which every in-place update (an
-    optimizer step, ``copy_``) advances. A learnable decay or threshold on CUDA then costs one
-    device synchronisation per optimizer step, not one per neuron and time step.
+    of ``t``: cached by the tensor, its storage and its version counter, which every in-place
+    update (an optimizer step, ``copy_``, ``load_state_dict``) advances. A learnable decay or
+    threshold on CUDA then costs one device synchronisation per optimizer step, not one per
+    neuron and time step. Not seen: an in-place change through ``t.data`` (``p.data.clamp_()``),
+    which bypasses the version counter as it bypasses autograd (docs/faq.md).
     ``read`` must be a module-level function (it is part of the cache key)."""
     if not torch.is_tensor(t):
         return float(t if read is None else read(t))
@@ -64,13 +66,13 @@ def host_float(t: Union[float, Tensor], read: Optional[Callable[[Tensor], Tensor
         return float((t if read is None else read(t)).detach())
     key = (id(t), read)
     hit = _HOST.get(key)
-    if hit is not None and hit[0]() is t and hit[1] == version:
+    if hit is not None and hit[0]() is t and hit[1] == (version, t.data_ptr()):
         return hit[2]
     with torch.no_grad():
         value = float(t if read is None else read(t))
     if len(_HOST) > 4096:
         _HOST.clear()
-    _HOST[key] = (weakref.ref(t), version, value)
+    _HOST[key] = (weakref.ref(t), (version, t.data_ptr()), value)
     return value
 
 

@@ -189,6 +189,8 @@ def test_host_float_reads_a_tensor_once_per_change():
     with torch.no_grad():
         p.add_(0.25)  # what an optimizer step does
     assert saf_plugin.core.host_float(p, read) == 1.0 and len(reads) == 2
+    p.data = torch.tensor(1.0)  # a new storage: seen, although the version stays
+    assert saf_plugin.core.host_float(p, read) == 2.0 and len(reads) == 3
     assert saf_plugin.core.host_float(torch.tensor(3.0)) == 3.0
     with torch.inference_mode():
         assert saf_plugin.core.host_float(torch.tensor(2.0), read) == 4.0
