@@ -101,9 +101,12 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
         if (where, op) in seen:
             continue
         seen.add((where, op))
-        reason = ("runs once per step on accumulations (SAF's saving)" if route != "per step"
-                  else "not linear in the accumulations: runs per step on the real values "
-                  "(exact; element-wise extra work)")
+        reason = {
+            "on accumulations": "runs once per step on accumulations (SAF's saving)",
+            "on per-step values": "a linear map without parameters on per-step values: runs "
+                                  "once per step on the real values (no trace needed)",
+        }.get(route, "not linear in the accumulations, or across time: runs per step on the "
+                     "real values (exact; element-wise extra work)")
         out.append(Finding(where, op, "exact", reason, ""))
     return out
 

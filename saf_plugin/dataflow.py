@@ -30,8 +30,9 @@ class Rep:
     ``chain``: an ACC is ``chain(base)`` where ``base`` is the output of a linear site (None: the
     tagged tensor itself; a Rep never holds its own key, or the weak table would keep it) and
     ``prev`` that site's output one step earlier (None at t = 0). ``call``: the step it was
-    made in. ``seq``: the sequence step index of its first row (t). ``tm``: in step mode 'm',
-    dim 0 is time-major ([T, ...] or [T·B, ...]).
+    made in. ``seq``: the sequence step index of its first row (t). ``time``: in step mode 'm',
+    where its time axis is (:data:`saf_plugin.timeaxis.Time`; None: no time axis the engine can
+    name); always None in step mode 's'.
     """
 
     kind: str
@@ -42,7 +43,7 @@ class Rep:
     base: Optional[Tensor] = None
     prev: Optional[Tensor] = None
     chain: tuple = ()
-    tm: bool = True
+    time: Optional[tuple] = None
     site: Any = None
     raw: bool = False  # derived from the network input through no neuron (a time loop's input)
     sites: tuple = ()  # the linear sites an ACC went through since its last neuron
@@ -53,7 +54,7 @@ class Rep:
 class Site:
     """The state of one operation position in a step."""
 
-    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv")
+    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv", "time")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
@@ -61,6 +62,7 @@ class Site:
         self.out_prev: Optional[Tensor] = None
         self.needs_prev = False
         self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
+        self.time = None  # step mode 'm': the time layout of its output in this call
 
     def clear(self) -> None:
         self.in_acc = {}
@@ -138,8 +140,20 @@ _SHAPE = {
     "moveaxis", "swapaxes", "swapdims", "narrow", "select", "chunk", "split", "unbind",
     "ravel", "alias", "repeat", "tile", "repeat_interleave",
 }
-_CREATE = {"zeros_like", "ones_like", "empty_like", "full_like", "rand_like", "randn_like",
-           "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"}
+# made in forward, the same at every step: constants
+_CONST_LIKE = {"zeros_like", "ones_like", "empty_like", "new_zeros", "new_ones", "new_empty"}
+# made in forward anew at every step (random draws, values from Python numbers): per-step values
+_MADE = {"rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "randperm",
+         "bernoulli", "multinomial", "normal", "poisson", "full", "full_like", "new_full",
+         "new_tensor", "tensor", "as_tensor", "scalar_tensor", "arange", "linspace", "logspace",
+         "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+         "feature_alpha_dropout", "rrelu"}
+_RANDOM_INPLACE = {"uniform_", "normal_", "bernoulli_", "exponential_", "geometric_",
+                   "log_normal_", "cauchy_", "random_"}
+# made like a tensor (its shape, dtype and device only): per-step values
+_MADE_LIKE = {"rand_like", "randn_like", "randint_like", "full_like", "new_full", "new_tensor"}
+# picking rows of a constant table by an integer (a step counter): per-step values
+_PICK = {"getitem", "select", "index_select", "narrow", "take", "embedding"}
 _NO_TENSOR = {"size", "dim", "numel", "get", "len", "stride", "is_contiguous", "data_ptr",
               "element_size", "nelement", "ndimension", "is_floating_point",
               "is_complex", "storage_offset"}

@@ -18,8 +18,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from .dataflow import (_CONV, _CREATE, _DROPOUT, _NO_TENSOR, _POOL, _SHAPE, _TIME_TOUCH, ACC,
-                       SPIKE, STEP, Refusal, Rep, Site, _name, module_path, user_frame)
+from . import timeaxis
+from .dataflow import (_CONST_LIKE, _CONV, _DROPOUT, _MADE, _MADE_LIKE, _NO_TENSOR, _PICK, _POOL,
+                       _RANDOM_INPLACE, _SHAPE, ACC, SPIKE, STEP, Refusal, Rep, Site, _name,
+                       module_path, user_frame)
+from .timeaxis import TOUCH
 from .errors import Finding, SAFStateError
 from .modes import Mode
 
@@ -71,8 +74,17 @@ class Routes:
         if name in _NO_TENSOR:
             return func(*args, **kwargs)
         flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
-        if not any(a in self.reps for a in flat) or name in _CREATE:
-            return func(*args, **kwargs)
+        tagged = any(a in self.reps for a in flat)
+        if name in _MADE_LIKE or (not tagged and (name in _MADE or name in _RANDOM_INPLACE)):
+            return self._made(func(*args, **kwargs), flat)
+        if name in _RANDOM_INPLACE:  # a tagged tensor overwritten with random draws
+            self._own(args[0], self.reps[args[0]])
+            return self._made(func(*args, **kwargs), flat)
+        if not tagged or name in _CONST_LIKE:
+            out = func(*args, **kwargs)
+            if name in _PICK and _picks_by_number(args, kwargs):
+                return self._made(out, ())  # a row of a table picked by a step counter
+            return out
         self.no_checkpoint()
         bad = next((r.fbad for r in map(self.reps.get, flat) if r is not None and r.fbad), None)
         if bad is not None:
@@ -85,6 +97,8 @@ class Routes:
                 "return the collected outputs from forward, or train with SAF-E"))
         if name == "escape":
             return self._per_step(func, name, args, kwargs, note=False)
+        if name in ("setitem", "copy_"):
+            return self._write(func, name, args, kwargs)
         if name.endswith("_") and name not in ("requires_grad_",):
             return self._inplace(func, name, args, kwargs)
         route = self._route(name, args, kwargs)
@@ -109,9 +123,8 @@ class Routes:
                 return None
             if self._makes_time(name, args, kwargs):
                 return self._new_time
-            if self.step_mode == "m" and name in _TIME_TOUCH and self._touches_time(
-                    name, args, kwargs):
-                return None
+            if self.step_mode == "m" and self._touches_time(name, args, kwargs):
+                return None  # it picks, slices or repeats steps: on the per-step sequence
             return "shape"
         if name in _DROPOUT:
             training = kwargs.get("training", args[2] if len(args) > 2 else True)
@@ -145,33 +158,82 @@ class Routes:
         return bool(sizes) and int(sizes[0]) > 0
 
     def _touches_time(self, name, args, kwargs) -> bool:
+        """Step mode 'm': whether a shape operation picks, slices, splits or repeats steps of
+        its input's time axis (then it runs on the per-step sequence)."""
         x = args[0]
-        if name in ("expand", "expand_as", "repeat", "tile", "repeat_interleave", "chunk",
-                    "split", "unbind", "t"):
-            return True
+        time = self.reps[x].time
+        if time is None:
+            return False
+        ndim, d = x.dim(), time[0]
+        if name in ("expand", "expand_as"):
+            sizes = (tuple(args[1].shape) if name == "expand_as" else
+                     tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list))
+                     else tuple(args[1:]) or tuple(kwargs.get("size", ())))
+            size = sizes[d + len(sizes) - ndim]
+            return int(size) not in (-1, x.shape[d])
+        if name in ("repeat", "tile"):
+            sizes = (tuple(args[1]) if len(args) == 2 and isinstance(args[1], (tuple, list))
+                     else tuple(args[1:]) or tuple(kwargs.get("dims", kwargs.get("repeats", ()))))
+            k = d + len(sizes) - ndim
+            return 0 <= k < len(sizes) and int(sizes[k]) != 1
+        if name == "repeat_interleave":
+            dim = kwargs.get("dim", args[2] if len(args) > 2 else None)
+            return dim is None or int(dim) % ndim == d
+        if name in ("chunk", "split", "tensor_split", "unbind"):
+            default = 0
+            dim = kwargs.get("dim", args[2] if len(args) > 2 and name != "unbind"
+                             else args[1] if len(args) > 1 and name == "unbind" else default)
+            return int(dim) % ndim == d
         if name == "getitem":
-            idx = args[1]
-            first = idx[0] if isinstance(idx, tuple) and idx else idx
-            return not ((isinstance(first, slice) and first == slice(None)) or first is ...)
-        if name == "permute":
-            dims = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list)) else args[1:]
-            return int(dims[0]) % x.dim() != 0
-        if name in ("transpose", "swapaxes", "swapdims", "movedim", "moveaxis"):
-            dims = list(args[1:3])
-            if any(isinstance(d, (tuple, list)) for d in dims):
-                return True
-            return any(int(d) % x.dim() == 0 for d in dims)
+            return timeaxis.indexed(time, args[1], ndim) == TOUCH
         if name in ("narrow", "select"):
-            dim = args[1] if len(args) > 1 else kwargs.get("dim")
-            return int(dim) % x.dim() == 0
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            return int(dim) % ndim == d
         return False
+
+    def _shape_time(self, name, args, kwargs, x: Tensor, out: Tensor, time):
+        """Step mode 'm': the time layout of the result of a shape operation that keeps the
+        steps (``_touches_time`` is False)."""
+        if time is None or not torch.is_tensor(out):
+            return None
+        ndim = x.dim()
+        if name in ("view", "view_as", "reshape", "reshape_as", "flatten", "unflatten",
+                    "squeeze", "unsqueeze", "ravel"):
+            return timeaxis.reshaped(time, tuple(x.shape), tuple(out.shape), self.steps)
+        if name == "permute":
+            dims = (args[1] if len(args) == 2 and isinstance(args[1], (tuple, list))
+                    else args[1:] or kwargs.get("dims"))
+            return timeaxis.permuted(time, dims)
+        if name in ("transpose", "swapaxes", "swapdims"):
+            a = args[1] if len(args) > 1 else kwargs.get("dim0", kwargs.get("axis0"))
+            b = args[2] if len(args) > 2 else kwargs.get("dim1", kwargs.get("axis1"))
+            return timeaxis.swapped(time, a, b, ndim)
+        if name == "t":
+            return timeaxis.swapped(time, 0, 1, ndim) if ndim == 2 else time
+        if name in ("movedim", "moveaxis"):
+            src = args[1] if len(args) > 1 else kwargs.get("source")
+            dst = args[2] if len(args) > 2 else kwargs.get("destination")
+            return timeaxis.moved(time, src, dst, ndim)
+        if name in ("expand", "expand_as", "repeat", "tile"):
+            return timeaxis.shifted(time, out.dim() - ndim)
+        if name == "getitem":
+            return timeaxis.indexed(time, args[1], ndim)
+        if name == "select":
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            return timeaxis.selected(time, dim, ndim, keeps=False)
+        if name == "unbind":
+            dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+            return timeaxis.selected(time, dim, ndim, keeps=False)
+        if out.dim() != ndim:
+            return None
+        return time  # clone, detach, to, contiguous, narrow, chunk, split, ...
 
     def _new_time(self, func, name, args, kwargs):
         out = func(*args, **kwargs)
         if not self.own_time or self.steps != out.shape[0]:
             self.own_time, self.steps = True, out.shape[0]
             self.new_sequence()
-        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, tm=True)
+        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, time=(0, 1))
         return out
 
     def _shape(self, func, name, args, kwargs):
@@ -183,28 +245,29 @@ class Routes:
             rep = Rep(**{**rep.__dict__, "base": x})
         if rep.kind == SPIKE and rep.acc is None:  # at t = 0 the spikes are their accumulation
             rep = Rep(**{**rep.__dict__, "acc": x})
+        multi = self.step_mode == "m"
         if isinstance(out, (tuple, list)):
             accs = func(rep.acc, *rest, **kwargs) if rep.kind == SPIKE else None
             for i, o in enumerate(out):
+                time = self._shape_time(name, args, kwargs, x, o, rep.time) if multi else None
                 if rep.kind == SPIKE:
-                    self._retag(o, rep, acc=accs[i])
+                    self._retag(o, rep, time, acc=accs[i])
                 elif rep.kind == ACC:
-                    self._retag(o, rep, chain=rep.chain + ((_pick(func, i), rest, kwargs),))
+                    self._retag(o, rep, time, chain=rep.chain + ((_pick(func, i), rest, kwargs),))
                 else:
-                    self._retag(o, rep)
+                    self._retag(o, rep, time)
             return out
         if not torch.is_tensor(out) or out is x:
             return out
+        time = self._shape_time(name, args, kwargs, x, out, rep.time) if multi else None
         if rep.kind == SPIKE:
-            return self._retag(out, rep, acc=func(rep.acc, *rest, **kwargs))
+            return self._retag(out, rep, time, acc=func(rep.acc, *rest, **kwargs))
         if rep.kind == ACC:
-            return self._retag(out, rep, chain=rep.chain + ((func, rest, kwargs),))
-        return self._retag(out, rep)
+            return self._retag(out, rep, time, chain=rep.chain + ((func, rest, kwargs),))
+        return self._retag(out, rep, time)
 
-    def _retag(self, o: Tensor, rep: Rep, **changes) -> Tensor:
-        new = Rep(**{**rep.__dict__, **changes})
-        new.tm = rep.tm and self._tm(o)
-        self.reps[o] = new
+    def _retag(self, o: Tensor, rep: Rep, time, **changes) -> Tensor:
+        self.reps[o] = Rep(**{**rep.__dict__, "time": time, **changes})
         return o
 
     def _f_refusal(self, op: str) -> Refusal:
@@ -216,16 +279,19 @@ class Routes:
             "(the Spike Representation's) is defined for linear maps between neurons only",
             "train this model with SAF-E (set_saf(net, 'E')), which runs it exactly"))
 
-    def _per_step(self, func, name, args, kwargs, note: bool = True):
-        fbad = f"{name} at {user_frame()}" if self.mode == Mode.F and note else None
-        if self.record is not None and note:
-            self._note(user_frame(), name, "per step")
+    def _per_step(self, func, name, args, kwargs, note: bool = True, linear: bool = False):
+        """``func`` on the per-step values of its arguments (accumulations de-accumulated);
+        outputs tagged ``STEP``. ``linear``: a linear map run on per-step values (its inputs
+        are per-step values and its constants need no trace), which SAF-F takes as it is."""
+        fbad = None
         tagged = [a for a in tree_flatten((args, kwargs))[0]
                   if torch.is_tensor(a) and a in self.reps]
         reps = [self.reps[a] for a in tagged]
-        tm = all(r.tm for r in reps)
         raw = all(r.raw for r in reps)
-        dims0 = {a.shape[0] for a in tagged if a.dim() > 0}
+        if self.mode == Mode.F and note and not raw and not linear:
+            fbad = f"{name} at {user_frame()}"
+        if self.record is not None and note:
+            self._note(user_frame(), name, "on per-step values" if linear else "per step")
 
         def value(a):
             if torch.is_tensor(a):
@@ -235,11 +301,42 @@ class Routes:
             return a
 
         out = func(*tree_map(value, args), **tree_map(value, kwargs))
+        if fbad is None:
+            fbad = next((r.fbad for r in reps if r.fbad), None)
         for o in tree_flatten(out)[0]:
             if torch.is_tensor(o):
-                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, tm=tm and (
-                    self.step_mode == "s" or (o.dim() > 0 and o.shape[0] in dims0)))
+                time = (self._step_time(name, args, kwargs, tagged, reps, o)
+                        if self.step_mode == "m" else None)
+                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, time=time)
         return out
+
+    def _step_time(self, name, args, kwargs, tagged, reps, out: Tensor):
+        """Step mode 'm': the time layout of the output of an operation run on the per-step
+        sequence (:mod:`saf_plugin.timeaxis`): element-wise operations keep the operands'
+        layout, reductions and operations along a dim drop or keep it, anything else (an
+        operation across time, one the engine does not know) leaves no time axis it can name."""
+        if not tagged:
+            return None
+        layouts = [(r.time, a.dim()) for a, r in zip(tagged, reps)]
+        x = args[0] if args and torch.is_tensor(args[0]) and args[0] in self.reps else tagged[0]
+        time, ndim = self.reps[x].time, x.dim()
+        dim = kwargs.get("dim", args[1] if len(args) > 1 and not torch.is_tensor(args[1])
+                         else None)
+        if name in _POINTWISE or (name in ("max", "min") and len(args) > 1
+                                  and torch.is_tensor(args[1])):
+            return timeaxis.broadcast(layouts, out.dim())
+        if name in _REDUCE:
+            keep = bool(kwargs.get("keepdim", args[2] if len(args) > 2 else False))
+            r = timeaxis.reduced(time, dim, ndim, keep)
+            return None if r == TOUCH else r
+        if name in _ALONG:
+            r = timeaxis.along(time, dim if dim is not None else -1, ndim)
+            return None if r == TOUCH or out.dim() != ndim else r
+        if name in ("linear", "batch_norm", "layer_norm", "group_norm", "instance_norm") or (
+                name in _CONV or name in _POOL or name in ("max_pool1d", "max_pool2d",
+                                                            "max_pool3d")):
+            return self._kept_time(name, x, time)
+        return None
 
     def _inplace(self, func, name, args, kwargs):
         """x.op_(...) on tagged values: the out-of-place op, copied back into x."""
@@ -258,6 +355,59 @@ class Routes:
         if rep is not None:
             self.reps[x] = Rep(**rep.__dict__)
         return x
+
+    def _made(self, out, like: list):
+        """Tag what the forward makes anew at every step (a random draw, a value from a
+        Python number, a row picked by a step counter) as a per-step value: never a constant
+        of a linear map. In step mode 'm' a tensor made like a tagged one takes its layout."""
+        src = next((self.reps[a] for a in like if a in self.reps), None)
+        for o in tree_flatten(out)[0]:
+            if torch.is_tensor(o) and o.is_floating_point():
+                time = src.time if (src is not None and self.step_mode == "m"
+                                    and o.shape == like[0].shape) else None
+                self.reps[o] = Rep(STEP, self.call, self.t, time=time)
+        return out
+
+    def _write(self, func, name, args, kwargs):
+        """``x[idx] = v`` / ``x.copy_(v)``: the plain model writes per-step values into x, so x
+        holds per-step values afterwards (an accumulation is first turned into its per-step
+        values in place, and every tagged view of it with it)."""
+        x = args[0]
+        rep = self.reps.get(x)
+        tagged = [a for a in tree_flatten((args[1:], kwargs))[0]
+                  if torch.is_tensor(a) and a in self.reps]
+        raw = all(self.reps[a].raw for a in tagged) and (rep is None or rep.raw)
+        if rep is not None:
+            self._own(x, rep)
+        values = tree_map(lambda a: self.step_value(a, self.reps[a]) if (
+            torch.is_tensor(a) and a in self.reps) else a, (args[1:], kwargs))
+        self.paused += 1
+        try:
+            out = func(x, *values[0], **values[1])
+        finally:
+            self.paused -= 1
+        fbad = next((self.reps[a].fbad for a in tagged if self.reps[a].fbad),
+                    None if rep is None else rep.fbad)
+        self.reps[x] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad,
+                           time=None if rep is None else rep.time)
+        return x if name == "copy_" else out
+
+    def _own(self, x: Tensor, rep: Rep) -> None:
+        """Before x is written in place: SAF's state sharing its storage gets a copy, an
+        accumulation's storage gets its per-step values, and every tagged tensor on that
+        storage (views) becomes a per-step value."""
+        self._unalias(x)
+        if rep.kind == ACC:
+            v = self.step_value(x, rep)
+            self.paused += 1
+            try:
+                x.copy_(v)
+            finally:
+                self.paused -= 1
+        ptr = x.untyped_storage().data_ptr()
+        for t, r in list(self.reps.items()):
+            if r.kind != STEP and t.untyped_storage().data_ptr() == ptr:
+                self.reps[t] = Rep(STEP, r.call, r.seq, time=r.time, raw=r.raw, fbad=r.fbad)
 
     def _unalias(self, x: Tensor) -> None:
         """Before x is overwritten in place: state that shares its storage gets a copy."""
@@ -290,7 +440,46 @@ class Routes:
             self.paused -= 1
 
 
+def _picks_by_number(args, kwargs) -> bool:
+    """Whether an indexing operation on a constant picks by a Python integer (``table[t]``,
+    ``select(0, t)``, ``narrow(0, t, 1)``): a step-indexed table."""
+    def number(a):
+        return isinstance(a, int) and not isinstance(a, bool)
+
+    for a in list(args[1:]) + list(kwargs.values()):
+        if number(a) or (isinstance(a, tuple) and any(number(i) for i in a)):
+            return True
+    return False
+
+
 def _pick(func, i):
     def picked(x, *args, **kwargs):
         return func(x, *args, **kwargs)[i]
     return picked
+
+
+# element-wise operations (per-step route): the result keeps the operands' time layout
+_POINTWISE = {
+    "add", "sub", "rsub", "radd", "mul", "rmul", "div", "truediv", "rtruediv", "floordiv",
+    "rfloordiv", "remainder", "pow", "rpow", "neg", "pos", "abs", "exp", "exp2", "expm1", "log",
+    "log1p", "log2", "log10", "sqrt", "rsqrt", "square", "reciprocal", "sigmoid", "tanh", "relu",
+    "relu6", "gelu", "silu", "mish", "elu", "selu", "celu", "leaky_relu", "hardtanh",
+    "hardsigmoid", "hardswish", "softplus", "softsign", "logsigmoid", "tanhshrink", "threshold",
+    "clamp", "clip", "clamp_min", "clamp_max", "where", "maximum", "minimum", "fmax", "fmin",
+    "sign", "sgn", "heaviside", "ge", "gt", "le", "lt", "eq", "ne", "greater", "greater_equal",
+    "less", "less_equal", "logical_and", "logical_or", "logical_not", "logical_xor", "and",
+    "or", "xor", "invert", "bitwise_and", "bitwise_or", "bitwise_xor", "bitwise_not", "floor",
+    "ceil", "round", "trunc", "frac", "sin", "cos", "tan", "asin", "acos", "atan", "atan2",
+    "sinh", "cosh", "erf", "erfc", "lerp", "addcmul", "addcdiv", "masked_fill", "isnan",
+    "isinf", "isfinite", "nan_to_num", "copysign", "fmod", "hypot", "logit", "xlogy", "sinc",
+    "type_as", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout", "bernoulli", "prelu", "rrelu", "glu_", "float_power", "mvlgamma",
+    "lgamma", "digamma", "erfinv", "i0", "sigmoid_", "positive", "conj", "real", "imag", "angle",
+}
+# reductions over ``dim`` (time reduced: no time axis left)
+_REDUCE = {"sum", "mean", "max", "min", "amax", "amin", "argmax", "argmin", "prod", "std",
+           "var", "std_mean", "var_mean", "norm", "logsumexp", "all", "any", "median",
+           "nanmedian", "mode", "count_nonzero", "nansum", "nanmean", "aminmax"}
+# operations along one dim that keep the shape (along time: they mix steps)
+_ALONG = {"softmax", "log_softmax", "softmin", "cumsum", "cumprod", "cummax", "cummin",
+          "logcumsumexp", "sort", "argsort", "flip", "roll", "normalize"}

@@ -160,8 +160,10 @@ class Runtime(Routes, LinearRoutes):
         self.decay = self.default_decay()
         if self.accumulate is not None:
             self.dtype = self.model_dtype(tensors)
-        for x in tensors:
-            self.tag(x, STEP, raw=True)
+        for x in tensors:  # step mode 'm': time is dim 0 of an input with T rows
+            time = (0, 1) if (self.step_mode == "m" and x.dim() > 0
+                              and x.shape[0] == self.steps) else None
+            self.tag(x, STEP, raw=True, time=time)
 
     def new_sequence(self) -> None:
         self.t = 0
@@ -204,11 +206,13 @@ class Runtime(Routes, LinearRoutes):
     # ----------------------------------------------------------------- tags
 
     def tag(self, x: Tensor, kind: str, **kw) -> Tensor:
-        self.reps[x] = Rep(kind, self.call, self.t, tm=self._tm(x), **kw)
+        self.reps[x] = Rep(kind, self.call, self.t, **kw)
         return x
 
-    def _tm(self, x: Tensor) -> bool:
-        return self.step_mode == "s" or (x.dim() > 0 and x.shape[0] % self.steps == 0)
+    def neuron_time(self, x: Tensor) -> Optional[tuple]:
+        """The layout of a neuron's output: in step mode 'm' a neuron's time is dim 0 of its
+        input, [T, B, ...], as the library's multi-step neuron has it."""
+        return (0, 1) if self.step_mode == "m" and x.dim() > 0 else None
 
     def series(self, lam: float, like: Tensor, t: Optional[int] = None) -> Tensor:
         """c[t] for the rows of this call, [steps] (or for step ``t`` alone, [1]): a slice of
@@ -223,39 +227,49 @@ class Runtime(Routes, LinearRoutes):
             c = self._series[key] = core.bias_series(0, max(64, 2 * (t0 + steps)), lam, like=like)
         return c[t0:t0 + steps]
 
-    def _rows(self, x: Tensor, lam: float, fn) -> Tensor:
-        """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's', else a
-        [T, 1, ...] view against x viewed as [T, -1, ...])."""
+    def _rows(self, x: Tensor, lam: float, fn, time) -> Tensor:
+        """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's'; in 'm' x is
+        viewed as [.., T, inner, ..] along its layout ``time`` and c as [.., T, 1, ..])."""
         c = self.series(lam, x)
         if self.step_mode == "s":
             return fn(x, c[0])
-        self._need_tm(self._tm(x), "an affine map")
-        v = x.unflatten(0, (self.steps, -1))
-        return fn(v, c.view(-1, *([1] * (v.dim() - 1)))).flatten(0, 1)
+        d, inner = time
+        v = x.unflatten(d, (self.steps, inner))
+        shape = [1] * v.dim()
+        shape[d] = self.steps
+        return fn(v, c.view(shape)).flatten(d, d + 1)
 
-    def _shift(self, out: Tensor, shift, lam: float, fresh: bool = False) -> Tensor:
+    def _shift(self, out: Tensor, shift, lam: float, time=None, fresh: bool = False) -> Tensor:
         """out + (c[t] − 1) β, so that Y = A â + β c[t] when ``out`` = A â + β.
 
         SAF-E detaches the added part (a bias gets OTTT's gradient δ, not c[t] δ); SAF-F keeps
         it (the Spike Representation's gradient). ``fresh``: ``out`` is the new result of a
-        linear map (whose backward never needs its output), so the shift is added in place."""
+        linear map (whose backward never needs its output), so the shift is added in place.
+        ``time``: the layout of ``out`` (step mode 'm'); β is constant along it."""
         if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
         if self.step_mode == "s" and self.t == 0:
             return out
+        if self.step_mode == "m" and torch.is_tensor(shift):
+            shift = _split_time(shift, out.dim(), time[0])
         if not (fresh and out._base is None and not (out.is_leaf and out.requires_grad)):
-            return self._rows(out, lam, lambda v, c: v + (c - 1) * shift)
+            return self._rows(out, lam, lambda v, c: v + (c - 1) * shift, time)
         c = self.series(lam, out) - 1
         if self.step_mode == "s":
             return out.add_(c[0] * shift)
-        self._need_tm(self._tm(out), "an affine map")  # added to out itself, not to a view
-        d = c.view(-1, *[1] * out.dim()) * shift  # [T, 1, ...]: the graph keeps c, not T·B rows
-        return out.add_(d.expand(self.steps, out.shape[0] // self.steps, *d.shape[2:]).flatten(0, 1))
+        d, inner = time  # added to out itself, not to a view
+        shape = [1] * (out.dim() + 1)
+        shape[d] = self.steps
+        step = c.view(shape) * shift  # [.., T, 1, ..]: the graph keeps c, not T·B rows
+        size = list(step.shape)
+        size[d], size[d + 1] = self.steps, inner
+        return out.add_(step.expand(size).flatten(d, d + 1))
 
     # ----------------------------------------------------------------- values
 
     def step_value(self, x: Tensor, rep: Rep) -> Tensor:
-        """The per-step value v[t] of a tagged tensor (an accumulation is de-accumulated)."""
+        """The per-step value v[t] of a tagged tensor (an accumulation is de-accumulated along
+        the time layout of the linear map that made it)."""
         if rep.kind != ACC:
             return x
         rep.site.needs_prev = True
@@ -268,10 +282,10 @@ class Runtime(Routes, LinearRoutes):
         if self.step_mode == "s" or rep.call != self.call and base.dim() == 0:
             v = core.deaccumulate_step(base, rep.prev, rep.decay)
         else:
-            self._need_tm(rep.tm, "a per-step operation")
-            steps = base.shape[0] // rep.prev.shape[0] if rep.prev is not None else self.steps
-            seq = base.unflatten(0, (steps, -1))
-            v = core.deaccumulate(seq, rep.decay, rep.prev).flatten(0, 1).view_as(base)
+            d, inner = rep.site.time
+            seq = base.unflatten(d, (base.shape[d] // inner, inner)).movedim(d, 0)
+            v = core.deaccumulate(seq, rep.decay, rep.prev).movedim(0, d).flatten(d, d + 1)
+            v = v.view_as(base) if d == 0 else v
         v = self.low(v)
         for func, args, kwargs in rep.chain:
             v = func(v, *args, **kwargs)
@@ -280,7 +294,8 @@ class Runtime(Routes, LinearRoutes):
     def accumulated(self, x: Tensor, site: Site, slot: int = 0,
                     lam: Optional[float] = None) -> tuple[Tensor, float]:
         """(A, λ): one operand of a linear map as an accumulation (per-step values are
-        accumulated here, with the decay ``lam`` or the model's first neuron's)."""
+        accumulated here, with the decay ``lam`` or the model's first neuron's; in step mode
+        'm' along the operand's time layout, which the route has checked)."""
         rep = self.reps.get(x)
         fresh = rep is not None and rep.call == self.call
         if lam is None and site.recv is not None and self.step_mode == "s":
@@ -303,19 +318,13 @@ class Runtime(Routes, LinearRoutes):
             acc = core.accumulate_step(v, prev, lam)
             site.in_acc[slot] = acc.detach()
         else:
-            self._need_tm(rep is None or rep.tm, "a linear map")
-            seq = _accumulate_detached(v.unflatten(0, (self.steps, -1)), lam, prev)
+            d, inner = rep.time
+            seq = _accumulate_detached(v.unflatten(d, (self.steps, inner)).movedim(d, 0), lam,
+                                       prev)
             site.in_acc[slot] = seq[-1].detach()
-            acc = seq.flatten(0, 1).view_as(v)
+            acc = seq.movedim(0, d).flatten(d, d + 1)
+            acc = acc.view_as(v) if d == 0 else acc
         return acc, lam
-
-    def _need_tm(self, ok: bool, what: str) -> None:
-        if not ok:
-            raise Refusal(Finding(
-                module_path(), "time layout", "unsupported",
-                f"{what} at {user_frame()} receives a tensor whose first dimension is no longer "
-                f"time-major ([T, ...] or [T*B, ...] with T = {self.steps}) in step mode 'm'",
-                "keep time first in step mode 'm', or use step mode 's'"))
 
     # ----------------------------------------------------------------- neurons
 
@@ -348,7 +357,16 @@ class Runtime(Routes, LinearRoutes):
         rep = self.reps.get(x) if torch.is_tensor(x) else None
         if rep is not None and rep.fbad:
             raise self._f_refusal(rep.fbad)
-        if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE):
+        if self.step_mode == "m" and torch.is_tensor(x) and x.dim() > 0 and (
+                x.shape[0] != self.steps):
+            raise Refusal(Finding(
+                module_path(), "time layout", "unsupported",
+                f"a neuron at {user_frame()} receives {x.shape[0]} rows along dim 0, its time "
+                f"axis in step mode 'm', but the sequence has T = {self.steps} steps",
+                "pass the neuron [T, B, ...] (fold time back out of the batch first, e.g. "
+                "with SeqToANNContainer)"))
+        if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE) and (
+                self.step_mode == "s" or rep.time == (0, 1)):
             for s in rep.sites:
                 s.recv = lam
             return self.high(x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
@@ -359,8 +377,7 @@ class Runtime(Routes, LinearRoutes):
         if self.step_mode == "s":
             y = core.accumulate_step(v, st.cur_acc, lam)
             st.cur_acc = y.detach()
-        else:
-            self._need_tm(rep is None or rep.tm, "a neuron")
+        else:  # dim 0 is the neuron's time, whatever the input's layout (the plain neuron's)
             y = _accumulate_detached(v, lam, st.cur_acc)
             st.cur_acc = y[-1].detach()
         return y, lam
@@ -385,7 +402,7 @@ class Runtime(Routes, LinearRoutes):
         """Tag the outputs of a per-step neuron (spikes, states) as per-step values."""
         for o in tree_flatten(out)[0]:
             if torch.is_tensor(o) and o.is_floating_point():
-                self.reps[o] = Rep(STEP, self.call, self.t, tm=self._tm(o))
+                self.reps[o] = Rep(STEP, self.call, self.t, time=self.neuron_time(o))
         return out
 
     def emit(self, spikes: Tensor, acc: Tensor, lam: float) -> Tensor:
@@ -393,7 +410,7 @@ class Runtime(Routes, LinearRoutes):
         at t = 0; a Rep never holds its own key, or the weak table would keep it)."""
         self.reps[spikes] = Rep(SPIKE, self.call, self.t, decay=lam,
                                 acc=None if acc is spikes else acc,
-                                tm=self._tm(spikes))
+                                time=self.neuron_time(spikes))
         return spikes
 
     # ----------------------------------------------------------------- the output
@@ -413,12 +430,26 @@ class Runtime(Routes, LinearRoutes):
             raise self._f_refusal(rep.fbad)
         if self.mode == Mode.E or rep.kind == STEP:
             return self.step_value(x, rep)
-        a = x if rep.kind == ACC or rep.acc is None else rep.acc
-        if self.step_mode == "m" and not rep.tm:
-            self._need_tm(False, "the model output")
         if self.step_mode == "s":
+            a = x if rep.kind == ACC or rep.acc is None else rep.acc
             return self.low(a / self.series(rep.decay, a, t=rep.seq)[0])
-        return self.low(self._rows(a, rep.decay, lambda v, c: v / c))
+        if rep.kind == SPIKE:
+            return self.low(self._rows(x if rep.acc is None else rep.acc, rep.decay,
+                                       lambda v, c: v / c, rep.time))
+        base = x if rep.base is None else rep.base  # A[t]/c[t] on the map's output, then the
+        r = self.low(self._rows(base, rep.decay, lambda v, c: v / c, rep.site.time))  # shapes
+        for func, args, kwargs in rep.chain:
+            r = func(r, *args, **kwargs)
+        return r
+
+
+def _split_time(const: Tensor, ndim: int, d: int) -> Tensor:
+    """A constant broadcastable against an ``ndim``-dim tensor (size 1 along dim ``d``, its
+    time), reshaped to broadcast against that tensor unflattened at ``d`` into [T, inner]."""
+    lead = ndim - const.dim()
+    if d < lead:
+        return const
+    return const.reshape((1,) * lead + tuple(const.shape)).unsqueeze(d)
 
 
 def _accumulate_detached(v: Tensor, lam: float, prev: Optional[Tensor]) -> Tensor:
