@@ -14,7 +14,9 @@ prediction Σ_t o[t] (SAF-F: the spike representation at the last step).
 
 Multi-GPU (or multi-process CPU with gloo): ``--batch-size`` is the GLOBAL batch, split evenly
 over the processes; every process draws the same shuffled order, so N processes train exactly
-like one process on the same global batches:
+like one process on the same global batches. ``train_step`` takes the DistributedDataParallel
+wrapper: SAF-E's steps 0..T−2 run under ``no_sync()``, so gradients are all-reduced once per
+batch (``--online``: once per step), and memory stays flat in T:
 
     torchrun --standalone --nproc_per_node 2 examples/spikingjelly_ottt_cifar10.py --saf E
 """
@@ -31,7 +33,7 @@ from spikingjelly.activation_based.model import spiking_vggws_ottt as vgg
 
 import _common as C
 import saf_plugin
-from saf_plugin.training import prediction
+from saf_plugin.training import prediction, train_step
 
 
 def build(args) -> torch.nn.Module:
@@ -150,28 +152,12 @@ def main(argv=None) -> str:
             loss.backward()
             opt.step()
             return loss.detach(), out.detach()
-        if args.saf == "F":  # steps 0..T−2 build no graph; one loss on the representation
-            with torch.no_grad():
-                for t in range(T - 1):
-                    net(x_seq[t])
-            out = net(x_seq[T - 1])
-            loss = T * loss_t(out, y, T)
-            loss.backward()
-            opt.step()
-            return loss.detach(), out.detach().unsqueeze(0)
-        outs, total = [], 0.0  # SAF-E: forward and backward at every step
-        for t in range(T):
-            out = net(x_seq[t])
-            loss = loss_t(out, y, T)
-            loss.backward()
-            if args.online:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            total = total + loss.detach()
-            outs.append(out.detach())
-        if not args.online:
-            opt.step()
-        return total, torch.stack(outs)
+        # SAF-E: forward and backward at every step (--online: an update at every step);
+        # SAF-F: steps 0..T−2 build no graph, one loss on the representation at T−1.
+        # Under DDP train_step all-reduces once per batch (steps 0..T−2 under net.no_sync()).
+        scale = 1 if args.saf == "E" else T  # SAF-F's single loss is not divided by T
+        return train_step(net, x_seq, y, lambda o, t: scale * loss_t(o, t, T), opt,
+                          online=args.online)
 
     def forward(x, y):  # evaluation
         x_seq = C.static_to_seq(x.to(dtype), T)

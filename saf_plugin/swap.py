@@ -25,8 +25,11 @@ MODES = (Mode.E, Mode.F, None)
 
 
 def saf_mode(net: nn.Module) -> Optional[str]:
-    """"E", "F" or None (the ordinary spiking model)."""
+    """"E", "F" or None (the ordinary spiking model). A ``DistributedDataParallel`` wrapper
+    reports the mode of the model it wraps (``ddp.module``)."""
     rt = net.__dict__.get("_saf_rt")
+    if rt is None and isinstance(net, nn.parallel.DistributedDataParallel):
+        return saf_mode(net.module)
     return None if rt is None or rt.root is not net else rt.mode
 
 

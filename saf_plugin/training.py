@@ -14,6 +14,24 @@ SpikingJelly or snnTorch model and backpropagates the way the model's SAF mode a
   on the spike representation at the final step, L = loss_fn(r[T−1], target[T−1]).
 - No SAF (``saf_mode(net) is None``): BPTT, L = Σ_t loss_fn(o[t], target[t]), one backward.
 
+``net`` may be a ``DistributedDataParallel`` wrapper of a SAF model (one process per device,
+e.g. under torchrun): pass the wrapper, it runs every step. SAF-E's per-step backward then
+runs under ``net.no_sync()`` for steps 0..T−2, so gradients accumulate locally and are
+all-reduced once per sequence, by the last step's backward; with ``online=True`` every step's
+backward all-reduces, since the optimizer steps after each. SAF-F and step mode 'm' have one
+backward per sequence anyway, so one all-reduce. In a loop of one's own::
+
+    for t in range(T):  # SAF-E, one optimizer step per sequence
+        with ddp.no_sync() if t < T - 1 else contextlib.nullcontext():
+            loss_fn(ddp(x_seq[t]), target).backward()
+    optimizer.step()
+
+Refused under DDP: ``static_graph=True`` with that ``no_sync()`` (torch fails inside), and
+``broadcast_buffers=True`` when a forward follows a synchronising one within a sequence
+(``online=True``, BPTT step by step) on a model whose neurons keep their state in buffers
+(snnTorch): process 0's state would overwrite the others'. DDP's broadcast of buffers
+(BatchNorm statistics) does not touch SAF's own per-sequence state, which is not in buffers.
+
 ``train_epoch`` wraps it over a DataLoader with a tqdm bar and reports loss, accuracy,
 seconds and peak memory. :class:`SavedTensorMeter` counts the bytes autograd keeps for
 backward (``torch.autograd.graph.saved_tensors_hooks``); ``saf bench`` and the demo measure
@@ -22,6 +40,7 @@ memory with it.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 import time
@@ -30,6 +49,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .swap import saf_mode
 from .errors import SAFStateError
@@ -66,6 +86,50 @@ def reset_state(net: nn.Module) -> None:
         from spikingjelly.activation_based import functional
 
         functional.reset_net(net)
+
+
+def _unwrap(net: nn.Module) -> nn.Module:
+    """The model a DistributedDataParallel wrapper holds (``ddp.module``), else ``net``."""
+    if isinstance(net, DistributedDataParallel) and "_saf_rt" not in net.__dict__:
+        return net.module
+    return net
+
+
+def _no_sync(net: nn.Module, skip: bool):
+    """``net.no_sync()`` for a DistributedDataParallel ``net`` when ``skip``: the backward inside
+    accumulates gradients locally; the first backward outside all-reduces them."""
+    if skip and isinstance(net, DistributedDataParallel):
+        return net.no_sync()
+    return contextlib.nullcontext()
+
+
+def _buffer_states(net: nn.Module) -> list[str]:
+    """Paths of the neurons that keep their state in buffers (snnTorch's ``mem``, ``syn``...)."""
+    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
+    neuron = getattr(sn, "SpikingNeuron", None)
+    if neuron is None:
+        return []
+    return [p or "<root>" for p, m in net.named_modules() if isinstance(m, neuron)]
+
+
+def _check_ddp(ddp: DistributedDataParallel, model: nn.Module, *, no_sync: bool,
+               sync_every_step: bool) -> None:
+    """Refuse the DistributedDataParallel settings under which a sequence would fail or train
+    wrongly: ``no_sync``: steps 0..T−2 run under ``ddp.no_sync()``; ``sync_every_step``: every
+    step's forward follows a synchronising one."""
+    if no_sync and ddp.static_graph:
+        raise SAFStateError(
+            "DistributedDataParallel(static_graph=True) fails inside torch when gradients are "
+            "accumulated under no_sync(), which SAF-E uses to all-reduce once per sequence: wrap "
+            "the model without static_graph, or train with online=True")
+    paths = _buffer_states(model) if sync_every_step and ddp.broadcast_buffers else []
+    if paths:
+        raise SAFStateError(
+            f"{', '.join(paths)}: these neurons keep their state in buffers, and "
+            "DistributedDataParallel(broadcast_buffers=True) copies process 0's buffers into "
+            "every process before a forward that follows a synchronising one: the other "
+            "processes would continue the sequence from process 0's state. Wrap the model with "
+            "DistributedDataParallel(model, broadcast_buffers=False)")
 
 
 def _step_mode(net: nn.Module) -> str:
@@ -123,10 +187,16 @@ def train_step(
     and steps); with an optimizer, ``zero_grad`` is called first and ``step`` after the
     sequence (``online=False``) or after every step (``online=True``, SAF-E only).
     The model's state is reset before the sequence (``reset=False`` continues it).
+    ``online=True`` needs step mode 's' (in step mode 'm' the sequence is one call).
+
+    ``net`` may be ``DistributedDataParallel(model)``: memory stays flat in T as without it,
+    and gradients are all-reduced once per sequence (``online=True``: once per step); see the
+    module docstring.
     """
     if x_seq.dim() < 2:
         raise ValueError(f"x_seq must be time-first [T, B, ...]; got shape {tuple(x_seq.shape)}")
-    mode = saf_mode(net)
+    model = _unwrap(net)  # net is what runs: a DistributedDataParallel wrapper stays in charge
+    mode = saf_mode(model)
     T = x_seq.shape[0]
     if per_step_target and target.shape[0] != T:
         raise ValueError(f"per_step_target=True needs target [T={T}, ...]; got {tuple(target.shape)}")
@@ -135,11 +205,19 @@ def train_step(
     if online and mode != Mode.E:
         raise SAFStateError(f"online=True needs SAF-E (set_saf(net, 'E')); the model is in "
                             f"mode {mode!r}")
+    step_mode = _step_mode(model)
+    if online and step_mode == "m":
+        raise SAFStateError("online=True steps the optimizer after every time step, but in step "
+                            "mode 'm' the whole sequence is one call: switch the model to step "
+                            "mode 's' (functional.set_step_mode(net, 's')) before set_saf")
+    if isinstance(net, DistributedDataParallel):
+        per_step = step_mode == "s" and T > 1
+        _check_ddp(net, model, no_sync=mode == Mode.E and per_step and not online,
+                   sync_every_step=per_step and (online or mode is None))
     if reset:
-        reset_state(net)
+        reset_state(model)
     if optimizer is not None:
         optimizer.zero_grad()
-    step_mode = _step_mode(net)
 
     if mode == Mode.F:
         tgt = _target_at(target, T - 1, per_step_target)
@@ -166,9 +244,11 @@ def train_step(
         for t in range(T):
             if online and t > 0:
                 optimizer.zero_grad()
-            y = _first(net(x_seq[t]))
-            loss = loss_fn(y, _target_at(target, t, per_step_target))
-            loss.backward()
+            # one update per sequence: DistributedDataParallel all-reduces once, at the last step
+            with _no_sync(net, not online and t < T - 1):
+                y = _first(net(x_seq[t]))
+                loss = loss_fn(y, _target_at(target, t, per_step_target))
+                loss.backward()
             if online:
                 optimizer.step()
             total += loss.detach()

@@ -91,17 +91,55 @@ def test_digits_to_events_shapes():
     assert ev[:, 1:, 1].sum() > 0  # motion produces OFF events later
 
 
+# Runs a script with a communication hook on every DistributedDataParallel it builds, which
+# counts the gradient all-reduces (one per bucket; the last bucket ends one) into OUT.<rank>.
+COUNT_ALL_REDUCES = """
+import os, runpy, sys
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.nn.parallel import DistributedDataParallel
+
+rounds = []
+init = DistributedDataParallel.__init__
+
+
+def counting_init(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+
+    def hook(state, bucket):
+        rounds.append(bucket.is_last())
+        return allreduce_hook(None, bucket)
+
+    self.register_comm_hook(None, hook)
+
+
+DistributedDataParallel.__init__ = counting_init
+out, script = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(script))
+runpy.run_path(script, run_name="__main__")
+with open(out + "." + os.environ["RANK"], "w") as f:
+    f.write(str(sum(rounds)))
+"""
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tmp_path):
-    """torchrun, 2 processes, gloo on CPU: the same weights as one process on the same global batch."""
+    """torchrun, 2 processes, gloo on CPU: the same weights as one process on the same global
+    batch, with one gradient all-reduce per batch (SAF-E's steps 0..T−2 under no_sync)."""
     pytest.importorskip("spikingjelly")
     args = [*TINY, "--width", "16", "--saf", "E", "--dtype", "float64", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     script = str(EXAMPLES / "spikingjelly_ottt_cifar10.py")
+    shim = tmp_path / "count_all_reduces.py"
+    shim.write_text(COUNT_ALL_REDUCES)
+    counts = tmp_path / "all_reduces"
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    "--nproc_per_node", "2", script, *args, "--out-dir", str(tmp_path / "ddp")],
+                    "--nproc_per_node", "2", str(shim), str(counts), script, *args,
+                    "--out-dir", str(tmp_path / "ddp")],
                    check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    batches = 2  # TINY: one epoch of --max-batches 2
+    assert [int((tmp_path / f"all_reduces.{r}").read_text()) for r in (0, 1)] == [batches] * 2
     subprocess.run([sys.executable, script, *args, "--out-dir", str(tmp_path / "one")],
                    check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
     (d2,) = (tmp_path / "ddp").iterdir()

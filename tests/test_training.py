@@ -292,6 +292,11 @@ def test_per_step_target_and_errors():
     saf_plugin.set_saf(net, "F")
     with pytest.raises(saf_plugin.SAFStateError):
         train_step(net, x, y, F.cross_entropy, torch.optim.SGD(net.parameters(), 0.1), online=True)
+    multi = saf_net(step_mode="m")  # one call per sequence: no update between steps
+    saf_plugin.set_saf(multi, "E")
+    with pytest.raises(saf_plugin.SAFStateError, match="step mode 's'"):
+        train_step(multi, x, y, F.cross_entropy, torch.optim.SGD(multi.parameters(), 0.1),
+                   online=True)
 
 
 def test_reset_state_resets_spikingjelly_saf_memories():
