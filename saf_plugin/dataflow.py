@@ -49,6 +49,7 @@ class Rep:
     sites: tuple = ()  # the linear sites an ACC went through since its last neuron
     fout: bool = False  # SAF-F outputs collected over steps: only the model's output
     fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
+    origin: Any = None  # a neuron's input handed to hooks as per-step values: the accumulation
 
 
 class Site:

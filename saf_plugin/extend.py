@@ -82,7 +82,8 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
     else:
         names = tuple(state)
         adapter = NeuronAdapter(
-            saf_class=lambda c: _classes.make("neuron", c, {"forward": _plain_forward}),
+            saf_class=lambda c: _classes.make("neuron", c, {
+                "forward": _plain_forward, "_call_impl": neuron_step.call_with_real_input}),
             attach=lambda m: None, detach=lambda m: None, decay=decay_of,
             is_fresh=lambda m: not any(torch.is_tensor(getattr(m, n, None)) for n in names),
             closed_form=lambda m: False, state=names)

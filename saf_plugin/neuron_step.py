@@ -61,9 +61,12 @@ class NeuronState:
     """A closed-form neuron's state in a sequence: â[t−1] (``acc``); the accumulated per-step
     input current (``cur_acc``); for re-accumulation and a learnable decay the last input
     z[t−1] and Y[t−1]; with graded spikes their accumulation ô[t−1] (``out``); the
-    membrane the neuron returned last step (``mem_out``, with graph); and the dtype it returns
+    membrane the neuron returned last step (``mem_out``, with graph); the dtype it returns
     spikes and membrane in (``dtype``: the model's under ``accumulate``, set by the runtime's
-    ``neuron_input``; None: that of the accumulations)."""
+    ``neuron_input``; None: that of the accumulations); and what the membrane is read from
+    (:func:`membrane`): the drive ρ Y[t] of the last call and the accumulations â of its
+    steps (``drive``, ``accs``; [T, ...] in step mode 'm', with ``drive_scale`` ρ applied
+    lazily there)."""
 
     acc: Optional[Tensor] = None
     cur_acc: Optional[Tensor] = None
@@ -72,6 +75,26 @@ class NeuronState:
     out: Optional[Tensor] = None
     mem_out: Optional[Tensor] = None
     dtype: Optional[torch.dtype] = None
+    drive: Optional[Tensor] = None
+    drive_scale: Optional[float] = None
+    accs: Optional[Tensor] = None
+
+
+def membrane(st: NeuronState, theta: float, detach_reset: bool, multi: bool,
+             seq: bool = False) -> Tensor:
+    """The membrane after reset a soft-reset LIF holds after its last step, from what SAF
+    keeps: v[t] = u[t] − θ s[t] = ρ Y[t] − θ â[t] (u[t] = ρ Y[t] − θ λ â[t−1]; docs/theory.md,
+    "Reading a neuron's state"). ``multi``: the last call was in step mode 'm' ([T, ...]);
+    then ``seq`` gives all its steps, else the last one. With ``detach_reset`` the reset
+    carries no gradient, as in SpikingJelly."""
+    drive, acc = st.drive, st.accs
+    if multi and not seq:
+        drive, acc = drive[-1], acc[-1]
+    if st.drive_scale is not None:  # step mode 'm': ρ Y[t] was not materialised
+        drive = drive * st.drive_scale
+    if detach_reset:
+        acc = acc.detach()
+    return drive - theta * acc.to(drive.dtype)
 
 
 def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
@@ -90,6 +113,7 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
     elif st.z_prev is not None:
         st.y_prev = y.detach()
     spikes = None
+    st.drive, st.drive_scale = scaled, None
     if mode == Mode.F:
         acc, _ = core.saf_f_step(scaled, st.acc, p.decay, p.theta, c)
     else:
@@ -199,6 +223,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
             if spikes is None:
                 spikes = spikes_of(acc, prev, p.decay, False)
         elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:
+            st.drive, st.drive_scale = y, p.input_scale
             from . import kernels  # the 'm' scan: one dispatcher, core is its oracle
 
             acc, st.acc, spikes = kernels.scan(y, st.acc, lam=p.decay, theta=p.theta,
@@ -208,18 +233,39 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
             if spikes is None:  # the backend did not write them in its pass
                 spikes = spikes_of(acc, prev, p.decay, True)
         else:
-            steps = []
+            steps, drives = [], []
             for t in range(y.shape[0]):
                 grad = torch.is_grad_enabled() and keeps_graph(mode, t, y.shape[0])
                 with torch.set_grad_enabled(grad):
                     steps.append(step(y[t], decay_in, st, p, mode,
                                       None if c is None else c[t])[0])
+                drives.append(st.drive)
             acc = torch.stack(steps)
+            st.drive, st.drive_scale = torch.stack(drives), None
             spikes = spikes_of(acc, prev, p.decay, True)
+        st.accs = acc
         spikes = rt.low(spikes)  # (the model's dtype; â stays in the accumulation dtype)
     finally:
         rt.paused -= 1
     return rt.emit(spikes, acc, p.decay)
+
+
+def call_with_real_input(self, *args, **kwargs):
+    """``Module._call_impl`` of a SAF neuron: when hooks watch the call (forward pre-hooks,
+    forward hooks: SpikingJelly's monitors), they and the neuron get its per-step input current
+    I[t], as in the plain model, instead of the accumulation SAF passes between layers (the
+    neuron accumulates it again; the values agree to float rounding)."""
+    rt = self.__dict__.get("_saf_rt")
+    if args and rt is not None and rt.active and not rt.paused and _watched(self):
+        args = (rt.real_input(args[0]), *args[1:])
+    return torch.nn.Module._call_impl(self, *args, **kwargs)
+
+
+def _watched(m) -> bool:
+    from torch.nn.modules import module as _m
+
+    return bool(m._forward_pre_hooks or m._forward_hooks or _m._global_forward_pre_hooks
+                or _m._global_forward_hooks)
 
 
 def runtime_of(module):

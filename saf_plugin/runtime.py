@@ -20,6 +20,7 @@ per-step value the model's dtype (``high``/``low`` in ``saf_plugin/linear_routes
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import torch
@@ -347,6 +348,37 @@ class Runtime(Routes, LinearRoutes):
             self.states[id(module)] = make()
         return self.states[id(module)]
 
+    @contextmanager
+    def pausing(self):
+        """Run SAF's own tensor work (not the model's operations) without routing it."""
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
+
+    def real_input(self, x):
+        """A neuron's input as the plain model has it (hooks watch the neuron): an
+        accumulation becomes its per-step values, which remember it (``Rep.origin``), so the
+        neuron still takes the accumulation when it gets them unchanged."""
+        rep = self.reps.get(x) if torch.is_tensor(x) else None
+        if rep is None or rep.kind != ACC:
+            return x  # spikes and per-step values are the plain model's already
+        with self.pausing():
+            v = self.step_value(x, rep)
+        if v is x:  # the first step: an accumulation is its own per-step value
+            return x
+        self.reps[v] = Rep(STEP, self.call, self.t, time=rep.time, raw=rep.raw, fbad=rep.fbad,
+                           origin=x)
+        return v
+
+    def _origin(self, x):
+        """(x, its Rep), or the accumulation x was made from for hooks (:meth:`real_input`)."""
+        rep = self.reps.get(x) if torch.is_tensor(x) else None
+        if rep is not None and rep.origin is not None and rep.origin in self.reps:
+            return rep.origin, self.reps[rep.origin]
+        return x, rep
+
     def neuron_input(self, x: Tensor, lam: float, st) -> tuple[Tensor, float]:
         """(Y, λ_in): the neuron's input current as an accumulation, and its decay.
 
@@ -354,7 +386,7 @@ class Runtime(Routes, LinearRoutes):
         own λ here (Y[t] = λ Y[t−1] + I[t], history detached). Sets ``st.dtype``, the dtype
         the neuron returns its per-step values in (with ``accumulate``: the model's)."""
         st.dtype = None if self.accumulate is None else self.dtype
-        rep = self.reps.get(x) if torch.is_tensor(x) else None
+        x, rep = self._origin(x)
         if rep is not None and rep.fbad:
             raise self._f_refusal(rep.fbad)
         if self.step_mode == "m" and torch.is_tensor(x) and x.dim() > 0 and (
@@ -387,7 +419,7 @@ class Runtime(Routes, LinearRoutes):
         de-accumulated, a tensor of an earlier step detached). The linear maps that feed it
         accumulate with its λ from the next step on (in step mode 's'), so their weights see
         OTTT's trace."""
-        rep = self.reps.get(x) if torch.is_tensor(x) else None
+        x, rep = self._origin(x)
         if rep is None:
             return x
         if rep.fbad:

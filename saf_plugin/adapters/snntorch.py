@@ -224,7 +224,8 @@ def params(m: nn.Module) -> NeuronParams:
 
 
 def saf_class(cls: type) -> type:
-    return _classes.make("neuron", cls, {"forward": _forward, "reset_mem": _reset_mem})
+    return _classes.make("neuron", cls, {"forward": _forward, "reset_mem": _reset_mem,
+                                         "_call_impl": neuron_step.call_with_real_input})
 
 
 _ATTRS = ("_saf_mem_ref", "_saf_closed")
@@ -297,7 +298,8 @@ register(snn.Leaky, LEAKY)
 
 
 def per_step_class(cls: type) -> type:
-    return _classes.make("neuron", cls, {"forward": _per_step_forward, "reset_mem": _reset_mem})
+    return _classes.make("neuron", cls, {"forward": _per_step_forward, "reset_mem": _reset_mem,
+                                         "_call_impl": neuron_step.call_with_real_input})
 
 
 PER_STEP = NeuronAdapter(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,

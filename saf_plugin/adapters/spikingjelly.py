@@ -3,9 +3,12 @@ under SAF.
 
 A converted neuron keeps its object, parameters and ``v`` memory; SAF adds one memory,
 ``saf_acc``, that says whether the neuron ran since its reset, so ``functional.reset_net``
-starts a new sequence (the SAF state itself lives in the model's runtime). The membrane ``v``
-is not updated under SAF (SAF never needs it). Layers are not converted: their operations are
-judged from the data flow (``saf_plugin/runtime.py``).
+starts a new sequence (the SAF state itself lives in the model's runtime). A closed-form neuron
+does not need its membrane, so ``v`` is computed when it is read (v[t] = ρ Y[t] − θ â[t],
+:func:`saf_plugin.neuron_step.membrane`; in step mode 'm' after every call, with ``v_seq``
+when ``store_v_seq`` is set): ``lif.v``, monitors and switching back to the plain model in the
+middle of a sequence see the plain model's membrane. Layers are not converted: their
+operations are judged from the data flow (``saf_plugin/runtime.py``).
 
 Both generations share this adapter; what only one of them has is looked up by name (2.0:
 ``OTTTLIFNode``, ``SLTTLIFNode``, ``WSConv2d``, ``OTTTSequential``; 0.0.0.0.14: ``backend``).
@@ -23,6 +26,7 @@ from torch import nn
 
 from .. import _classes, neuron_step
 from ..core import host_float
+from ..dataflow import STEP
 from ..neuron_step import NeuronParams
 from ..registry import NeuronAdapter, Spec, lookup, register
 from . import torch_nn
@@ -103,8 +107,10 @@ def _forward(self, x, *args, **kwargs):
     rt = neuron_step.runtime_of(self)
     adapter = self._saf_spec.neuron
     if self.__dict__["_saf_closed"]:
-        out = neuron_step.forward(rt, self, x, adapter.params(self))
+        p = adapter.params(self)
+        out = neuron_step.forward(rt, self, x, p)
         self._memories["saf_acc"] = _FIRED
+        _keep_membrane(self, rt, rt.states[id(self)], p)
         return out
     base = type(self)._saf_base
 
@@ -136,6 +142,88 @@ def _forward(self, x, *args, **kwargs):
     return out
 
 
+def _keep_membrane(m: nn.Module, rt, st, p: NeuronParams) -> None:
+    """After a closed-form step: ``v`` (and ``v_seq``) as the plain neuron leaves them. In step
+    mode 's' v is computed when read (:func:`_membrane_on_read`); in 'm' at once, from the last
+    step only unless ``store_v_seq`` asks for all."""
+    theta, detach = float(p.theta), bool(getattr(m, "detach_reset", False))
+    if rt.step_mode == "m":
+        with rt.pausing():
+            if getattr(m, "store_v_seq", False):
+                m.v_seq = rt.tag(_low(neuron_step.membrane(st, theta, detach, True, seq=True),
+                                      st.dtype), STEP, time=(0, 1))
+                v = m.v_seq[-1]
+            else:
+                v = _low(neuron_step.membrane(st, theta, detach, True), st.dtype)
+        m._memories["v"] = rt.tag(v, STEP)
+        st.drive = st.accs = None  # (the call's [T, ...] tensors are not kept past it)
+        m.__dict__.pop("_saf_v", None)
+        return
+    m.__dict__["_saf_v"] = _Pending(st.drive, st.accs, theta, detach, st.dtype)
+    if getattr(m, "store_v_seq", False) and hasattr(m, "_append_v_seq"):
+        m._append_v_seq(_membrane_on_read(m))
+
+
+class _Pending:
+    """What a step-mode-'s' neuron's membrane is computed from when read; copied and pickled
+    without its autograd graph (as a detached state)."""
+
+    def __init__(self, drive, accs, theta, detach, dtype):
+        self.drive, self.accs, self.theta, self.detach, self.dtype = (
+            drive, accs, theta, detach, dtype)
+
+    def membrane(self):
+        st = neuron_step.NeuronState(drive=self.drive, accs=self.accs)
+        return _low(neuron_step.membrane(st, self.theta, self.detach, False), self.dtype)
+
+    def __getstate__(self):
+        return {**self.__dict__, "drive": self.drive.detach(), "accs": self.accs.detach()}
+
+    def __deepcopy__(self, memo):
+        from copy import deepcopy
+
+        new = _Pending.__new__(_Pending)
+        new.__dict__.update(deepcopy(self.__getstate__(), memo))
+        return new
+
+
+def _low(v, dtype):
+    return v if dtype is None else v.to(dtype)
+
+
+def _membrane_on_read(m: nn.Module):
+    """The membrane of the last step, computed once from what SAF kept (step mode 's')."""
+    pending = m.__dict__.pop("_saf_v", None)
+    if pending is not None:
+        rt = m.__dict__.get("_saf_rt")
+        if rt is None:
+            v = pending.membrane()
+        else:
+            with rt.pausing():
+                v = pending.membrane()
+            if rt.active:  # read inside the forward: a per-step value of this step
+                rt.tag(v, STEP)
+        m._memories["v"] = v
+    return m._memories["v"]
+
+
+def _getattr(self, name: str):
+    if name == "v" and "_saf_v" in self.__dict__:
+        return _membrane_on_read(self)
+    return type(self)._saf_base.__getattr__(self, name)
+
+
+def _reset(self):
+    self.__dict__.pop("_saf_v", None)
+    return type(self)._saf_base.reset(self)
+
+
+def _detach_state(self):
+    if "_saf_v" in self.__dict__:
+        _membrane_on_read(self)
+    return type(self)._saf_base.detach(self)
+
+
 def _entry(name: str):
     """The SAF class's ``name`` method: SAF's forward, or, inside the module's own forward (the
     per-step route), the library's method itself."""
@@ -147,8 +235,11 @@ def _entry(name: str):
 
 
 def saf_class(cls: type) -> type:
-    return _classes.make("neuron", cls, {name: _entry(name) for name in (
-        "forward", "single_step_forward", "multi_step_forward")})
+    return _classes.make("neuron", cls, {
+        **{name: _entry(name) for name in ("forward", "single_step_forward",
+                                             "multi_step_forward")},
+        "__getattr__": _getattr, "reset": _reset, "detach": _detach_state,
+        "_call_impl": neuron_step.call_with_real_input})
 
 
 def attach(m: nn.Module) -> None:
@@ -157,6 +248,8 @@ def attach(m: nn.Module) -> None:
 
 
 def detach(m: nn.Module) -> None:
+    if "_saf_v" in m.__dict__:  # the plain neuron continues from the true membrane
+        _membrane_on_read(m)
     m._memories.pop("saf_acc", None)
     m._memories_rv.pop("saf_acc", None)
 
