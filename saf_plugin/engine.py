@@ -20,7 +20,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .dataflow import Refusal, module_path
-from .errors import Finding, SAFIncompatibleError
+from .errors import Finding, SAFError, SAFIncompatibleError
 from .modes import Mode
 
 
@@ -111,6 +111,7 @@ def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
     if not rt.started and rt.snapshot is None:
         rt.snapshot = [(m, k, b if b is None else b.clone()) for m in rt.root.modules()
                        for k, b in m._buffers.items()]
+    rt.undo = []
     try:
         no_checkpoint(whole=True)
         rt.begin(args)
@@ -123,18 +124,33 @@ def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
     except Refusal as r:
         from .swap import revert
 
+        _undo(rt)
+        first = bool(rt.snapshot) or not rt.started
         for m, k, b in rt.snapshot or ():  # refused in the first call: undo its buffer
             m._buffers[k] = b                # updates (BatchNorm statistics, snnTorch mem)
         rt.started = False
         revert(rt.root)
         raise SAFIncompatibleError([r.finding], header=(
             "SAF cannot run this model exactly; the model was switched back to the plain "
-            "model (nothing was trained)")) from None
+            "model" + (" (nothing was trained)" if first else " (the outputs of the calls "
+                       "before this one were exact)"))) from None
+    except SAFError:
+        _undo(rt)  # a refused step leaves the buffers (BatchNorm statistics) as they were
+        rt.interrupted = rt.started
+        raise
     except BaseException:
         rt.interrupted = rt.started  # the next call must follow a reset
         raise
     finally:
         rt.active = False
+        rt.undo = None
+
+
+def _undo(rt) -> None:
+    """Put back the buffers the refused call changed in place (``Runtime.undo``)."""
+    for buf, saved in reversed(rt.undo or ()):
+        with torch.no_grad():
+            buf.copy_(saved)
 
 
 _RUN = run.__code__  # the engine's entry: no_checkpoint's walk stops there

@@ -63,7 +63,8 @@ class Routes:
                     f"{s.key[0]} at {s.where} in an earlier step: the forward runs other "
                     "operations from step to step (data-dependent control flow), so SAF's "
                     "per-operation state would be mixed up; saf-plugin cannot run this exactly")
-            return s
+            if k < len(self.sites):
+                return s
         s = Site(key, user_frame())
         s.needs_prev = not self.learning  # learnt in the first call; later sites keep prev
         self.sites.append(s)
@@ -80,6 +81,10 @@ class Routes:
         if name in _RANDOM_INPLACE:  # a tagged tensor overwritten with random draws
             self._own(args[0], self.reps[args[0]])
             return self._made(func(*args, **kwargs), flat)
+        if self.undo is not None and name.endswith("_") and flat and flat[0] in self.buffers:
+            self.undo.append((flat[0], flat[0].detach().clone()))  # (BatchNorm's counter)
+        if name == "batch_norm" and self.undo is not None:
+            self._keep_statistics(args, kwargs)
         if not tagged or name in _CONST_LIKE:
             out = func(*args, **kwargs)
             if name in _PICK and _picks_by_number(args, kwargs):
@@ -355,6 +360,14 @@ class Routes:
         if rep is not None:
             self.reps[x] = Rep(**rep.__dict__)
         return x
+
+    def _keep_statistics(self, args, kwargs) -> None:
+        """batch_norm in training mode updates its running statistics in place: keep them, so
+        that a refused call can put them back."""
+        for i, key in ((1, "running_mean"), (2, "running_var")):
+            buf = kwargs.get(key, args[i] if len(args) > i else None)
+            if torch.is_tensor(buf):
+                self.undo.append((buf, buf.detach().clone()))
 
     def _made(self, out, like: list):
         """Tag what the forward makes anew at every step (a random draw, a value from a

@@ -73,6 +73,9 @@ class Runtime(Routes, LinearRoutes):
         self.probed = False
         self.own_time = False  # step mode 'm': the model makes its time axis from a static input
         self._series: dict[tuple, Tensor] = {}
+        self.undo: Optional[list] = None  # (buffer, its value) before this call changed it
+        self.buffers = WeakIdKeyDictionary({b: True for b in root.buffers()})
+        self.copied_mid_sequence = False  # a deep copy or unpickled copy of a running model
 
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
@@ -87,15 +90,18 @@ class Runtime(Routes, LinearRoutes):
         memo[id(self)] = new
         new.__init__(deepcopy(self.root, memo), self.mode, self.strict,
                      deepcopy(self.neurons, memo), self.adapters, self.accumulate)
+        new.copied_mid_sequence = self.started
         return new
 
     def __getstate__(self):
         return {"root": self.root, "mode": self.mode, "strict": self.strict,
                 "neurons": self.neurons, "adapters": self.adapters,
-                "accumulate": self.accumulate}
+                "accumulate": self.accumulate, "mid": self.started}
 
     def __setstate__(self, state):
+        mid = state.pop("mid", False)
         self.__init__(**state)
+        self.copied_mid_sequence = mid
 
     # ----------------------------------------------------------------- steps and sequences
 
@@ -122,6 +128,13 @@ class Runtime(Routes, LinearRoutes):
             raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
                              "at least one step")
         reset = self.restart or bool(fresh and all(fresh))
+        if self.copied_mid_sequence and not reset:
+            raise SAFStateError(
+                "this model is a copy (copy.deepcopy, torch.save/load) of a SAF model in the "
+                "middle of a sequence; SAF's per-sequence state is not copied, so the copy "
+                "cannot continue that sequence: reset it before running it (spikingjelly: "
+                "functional.reset_net(net); snntorch: utils.reset(net))")
+        self.copied_mid_sequence = False
         if self.interrupted and not reset:
             raise SAFStateError(
                 "the previous step was interrupted (an exception inside forward), so the model's "

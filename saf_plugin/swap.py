@@ -30,7 +30,15 @@ def saf_mode(net: nn.Module) -> Optional[str]:
     rt = net.__dict__.get("_saf_rt")
     if rt is None and isinstance(net, nn.parallel.DistributedDataParallel):
         return saf_mode(net.module)
+    if rt is None and _compiled(net) is not None:
+        return saf_mode(_compiled(net))
     return None if rt is None or rt.root is not net else rt.mode
+
+
+def _compiled(net: nn.Module) -> Optional[nn.Module]:
+    """The model a ``torch.compile`` wrapper (``OptimizedModule``) compiles, else None."""
+    inner = net.__dict__.get("_modules", {}).get("_orig_mod")
+    return inner if inner is not None and type(net).__name__ == "OptimizedModule" else None
 
 
 def invalidate_reset_cache(net: nn.Module) -> None:
@@ -99,6 +107,9 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True,
             + "; valid: accumulate=None (accumulations in the model's dtype) or "
             "accumulate=torch.float64 with mode 'E' or 'F'")
     mode = None if mode is None else Mode(mode)
+    if _compiled(net) is not None:  # torch.compile(net): switch the model it compiles (its
+        set_saf(_compiled(net), mode, strict=strict, accumulate=accumulate)  # forward then
+        return net                                                # runs the engine eagerly)
     load_adapters()
     own = net.__dict__.get("_saf_rt")
     foreign = next((p for p, m in net.named_modules()

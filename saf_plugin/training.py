@@ -198,6 +198,8 @@ def train_step(
     model = _unwrap(net)  # net is what runs: a DistributedDataParallel wrapper stays in charge
     mode = saf_mode(model)
     T = x_seq.shape[0]
+    if T == 0:
+        raise ValueError("x_seq holds no time step (T = 0); train_step needs at least one")
     if per_step_target and target.shape[0] != T:
         raise ValueError(f"per_step_target=True needs target [T={T}, ...]; got {tuple(target.shape)}")
     if online and optimizer is None:
