@@ -191,7 +191,8 @@ def test_operators_pass_opcheck():
         torch.library.opcheck(ops.scan.default, args)
     for args in ((y[0], None, 0.5, 1.0, 0.5, 0, 4.0, True), (y[0], acc0, 0.5, 1.0, None, 1, 2.0, True)):
         torch.library.opcheck(ops.step.default, args)
-    torch.library.opcheck(ops.step_f.default, (y[0], acc0, 0.5, 1.0, 0.5, c))
+    for at_zero in (False, True):
+        torch.library.opcheck(ops.step_f.default, (y[0], acc0, 0.5, 1.0, 0.5, c, at_zero))
     z = ops.scan(y.detach(), None, 0.5, 1.0, 0.5, 0, 4.0, True, False)[1]
     g = torch.ones_like(z)
     for args in ((z, g, None, 0.5, 0, 4.0), (z, None, g, None, 1, 2.0), (z, g, g, 0.5, 0, 4.0)):

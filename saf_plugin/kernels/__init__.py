@@ -61,7 +61,6 @@ threshold) and their backward is BPTT through v, not SAF-E's element-wise gradie
 
 from __future__ import annotations
 
-import importlib
 import warnings
 from typing import Callable, Optional, Union
 
@@ -71,12 +70,13 @@ from torch import Tensor
 from .. import core
 from ..errors import SAFError
 from ..modes import Mode
+from . import cpu_scan, cupy014, torch_scan, triton_scan
 from .cupy014 import spikingjelly_is_legacy
 
 __all__ = ["scan", "step", "available", "module", "BackendUnavailableError", "BACKENDS",
            "MODULES", "reset_warnings", "spikingjelly_is_legacy"]
 
-MODULES = {"torch": "torch_scan", "cpu": "cpu_scan", "triton": "triton_scan", "cupy": "cupy014"}
+MODULES = {"torch": torch_scan, "cpu": cpu_scan, "triton": triton_scan, "cupy": cupy014}
 BACKENDS = ("auto", *MODULES)
 AUTO = {False: ("cpu",), True: ("triton", "cupy")}  # on CUDA or not: tried before "torch"
 _WARNED: set[str] = set()
@@ -92,11 +92,12 @@ def reset_warnings() -> None:
 
 
 def module(name: str):
-    """The module of backend ``name`` (imported at first use)."""
-    module = MODULES.get(name)
-    if module is None:
+    """The module of backend ``name`` (each imports only torch; their compilers and GPU
+    libraries at first use)."""
+    found = MODULES.get(name)
+    if found is None:
         raise ValueError(f"unknown scan backend {name!r}; valid: {BACKENDS}")
-    return importlib.import_module(f".{module}", __name__)
+    return found
 
 
 def available(backend_name: str, y: Tensor, surrogate: Optional[Callable] = None,
@@ -129,8 +130,6 @@ def _choose(name: str, y: Tensor, surrogate, mode: str) -> str:
             warnings.warn(f"saf_plugin.kernels: no fused SAF kernel here ({why}); "
                           "falling back to backend 'torch'", RuntimeWarning, stacklevel=3)
     else:
-        from . import cpu_scan
-
         why = reasons[0][1]
         if why == cpu_scan.why() and why not in _WARNED:  # not built: say so once
             _WARNED.add(why)

@@ -8,9 +8,9 @@ are the SAF-E gradients of SpikingJelly's ``Sigmoid`` and ``ATan`` (computed wit
 formulas in their operation order) and the SAF-F gradient. Other surrogates have no C++
 derivative: :func:`available` says so, and the dispatcher uses ``"torch"`` for them.
 
-The operators are ``torch.ops.saf_cpu.scan``, ``.step``, ``.step_f`` (forward) and
-``.e_backward``, ``.f_backward``, registered with ``torch.library`` with fake implementations
-and autograd, so ``torch.compile`` keeps each as one node. The library is built once per
+The operators are ``torch.ops.saf_cpu.scan``, ``.step``, ``.step_f`` (forward, with their
+autograd in C++) and ``.e_backward``, ``.f_backward``, with fake implementations registered
+here, so ``torch.compile`` keeps each as one node. The library is built once per
 source, torch version and machine into ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``); without a compiler :func:`load` returns False and :func:`why`
 says why.
@@ -94,7 +94,8 @@ def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
 def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
     if mode == Mode.F:
-        return torch.ops.saf_cpu.step_f(y, acc0, lam, theta, scale, c), None
+        return torch.ops.saf_cpu.step_f(y, acc0, lam, theta, scale, c,
+                                        torch_scan.CLAMP_GRAD_AT_ZERO), None
     kind, alpha = surrogate_kind(surrogate)
     acc, spk, _ = torch.ops.saf_cpu.step(y, acc0, lam, theta, scale, kind, alpha, grad)
     return acc, spk if acc0 is not None else acc
@@ -135,6 +136,7 @@ def _compile(out: Path) -> None:
             os.unlink(tmp)
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it once while tracing, not inside
 def load() -> bool:
     """Build (first use) and load the operator library; False, with :func:`why`, if it cannot."""
     global _LOADED, _WHY
@@ -174,7 +176,7 @@ def _register() -> None:
                 torch.empty_like(y) if save_z else y.new_empty(0))
 
     @fake("saf_cpu::step_f")
-    def _(y, acc0, lam, theta, scale, c):
+    def _(y, acc0, lam, theta, scale, c, grad_at_zero):
         return torch.empty_like(y)
 
     @fake("saf_cpu::e_backward")
@@ -184,43 +186,3 @@ def _register() -> None:
     @fake("saf_cpu::f_backward")
     def _(grad, y, c, theta, scale, grad_at_zero):
         return torch.empty_like(y)
-
-    torch.library.register_autograd("saf_cpu::scan", _e_backward, setup_context=_e_setup)
-    torch.library.register_autograd("saf_cpu::step", _e_backward, setup_context=_e_setup)
-    torch.library.register_autograd("saf_cpu::step_f", _f_backward, setup_context=_f_setup)
-
-
-def _e_setup(ctx, inputs, output):
-    """scan: (acc, z, spikes); step: (acc, spikes, z). z is what the backward keeps; the
-    spikes exist where asked for (scan) or with a carried state (step)."""
-    scale, kind, alpha = inputs[4:7]
-    is_scan = len(inputs) == 9
-    ctx.save_for_backward(output[1] if is_scan else output[2])
-    has_spk = inputs[8] if is_scan else inputs[1] is not None
-    ctx.meta = (scale, kind, alpha, is_scan, has_spk, len(inputs))
-    ctx.set_materialize_grads(False)
-
-
-def _e_backward(ctx, *grads):
-    (z,) = ctx.saved_tensors
-    scale, kind, alpha, is_scan, has_spk, n = ctx.meta
-    g_acc, g_spk = (grads[0], grads[2]) if is_scan else grads[:2]
-    g_spk = g_spk if has_spk else None
-    if g_acc is None and g_spk is None:
-        return (None,) * n
-    dy = torch.ops.saf_cpu.e_backward(z, g_acc, g_spk, scale, kind, alpha)
-    return (dy,) + (None,) * (n - 1)
-
-
-def _f_setup(ctx, inputs, output):
-    y, _, _, theta, scale, c = inputs
-    ctx.save_for_backward(y, c)
-    ctx.meta = (theta, scale)
-
-
-def _f_backward(ctx, grad):
-    y, c = ctx.saved_tensors
-    theta, scale = ctx.meta
-    dy = torch.ops.saf_cpu.f_backward(grad, y, c, theta, scale,
-                                      torch_scan.CLAMP_GRAD_AT_ZERO)
-    return dy, None, None, None, None, None

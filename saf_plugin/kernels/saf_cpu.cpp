@@ -21,11 +21,17 @@
 // SAF-F step (core.saf_f_step): the same forward plus the Spike Representation's zero,
 // â[t] + (r − r) with r = min(max(ρY, 0)/θ, c[t]) (NaN stays NaN); backward
 //   ∂L/∂Y = ρ [ρY > 0] m / θ,   m = g/2 if r = c, 0 if r > c, else g
-// (the backward formulas of torch's clamp, division and minimum; torch releases before
-// 2.14 give clamp the gradient 1 at ρY = 0 as well: `grad_at_zero`).
+// (the backward formulas of torch's clamp, division and minimum; older torch releases give
+// clamp the gradient 1 at ρY = 0 as well: `grad_at_zero`, which Python reads from torch).
+//
+// The forward operators are registered with an Autograd kernel here (torch::autograd::Function:
+// no Python on the way), calling the operators below autograd through the dispatcher, so
+// cpu_scan.py's fake implementations serve torch.compile. The operators take what their backward
+// needs (the surrogate's kind and α, the clamp rule) as arguments.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/autograd.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -178,7 +184,8 @@ void add_representation_zero(const T* __restrict y, T* __restrict acc, int64_t n
 
 // SAF-F: â[t] (the same forward) + (r − r), r the Spike Representation; c is c[t], 0-d.
 at::Tensor step_f(const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0, double lam,
-                  double theta, c10::optional<double> scale, const at::Tensor& c) {
+                  double theta, c10::optional<double> scale, const at::Tensor& c,
+                  bool grad_at_zero) {
   check_input(y_in, "step_f");
   const at::Tensor y = dense(y_in);
   const bool has_prev = acc0.has_value() && acc0->defined();
@@ -295,6 +302,120 @@ at::Tensor f_backward(const at::Tensor& grad, const at::Tensor& y_in, const at::
   return out;
 }
 
+
+// ----------------------------------------------------------------------------- autograd
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+using OptTensor = c10::optional<at::Tensor>;
+
+template <typename F>
+c10::TypedOperatorHandle<F> handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<F>();
+}
+
+OptTensor maybe(const at::Tensor& t) { return t.defined() ? OptTensor(t) : c10::nullopt; }
+
+variable_list e_grads(AutogradContext* ctx, const at::Tensor& g_acc, const at::Tensor& g_spk,
+                      size_t n_inputs) {
+  variable_list out(n_inputs);
+  const bool has_spk = ctx->saved_data["has_spk"].toBool();
+  const OptTensor ga = maybe(g_acc), gs = has_spk ? maybe(g_spk) : c10::nullopt;
+  if (!ga && !gs) return out;
+  TORCH_CHECK(ctx->saved_data["has_z"].toBool(),
+              "saf_cpu: backward through a call with save_z=False");
+  static auto op = handle<decltype(e_backward)>("saf_cpu::e_backward");
+  out[0] = op.call(ctx->get_saved_variables()[0], ga, gs, ctx->saved_data["scale"].toOptional<double>(),
+                   ctx->saved_data["kind"].toInt(), ctx->saved_data["alpha"].toDouble());
+  return out;
+}
+
+void keep_e(AutogradContext* ctx, const at::Tensor& z, bool has_z, bool has_spk,
+            c10::optional<double> scale, int64_t kind, double alpha) {
+  ctx->save_for_backward({z});
+  ctx->saved_data["has_z"] = has_z;
+  ctx->saved_data["has_spk"] = has_spk;
+  ctx->saved_data["scale"] = scale;
+  ctx->saved_data["kind"] = kind;
+  ctx->saved_data["alpha"] = alpha;
+  ctx->set_materialize_grads(false);
+}
+
+struct ScanFn : public torch::autograd::Function<ScanFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y, const OptTensor& acc0,
+                               double lam, double theta, c10::optional<double> scale,
+                               int64_t kind, double alpha, bool save_z, bool save_s) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = handle<decltype(scan)>("saf_cpu::scan");
+    auto [acc, z, spk] = op.call(y, acc0, lam, theta, scale, kind, alpha, save_z, save_s);
+    keep_e(ctx, z, save_z, save_s, scale, kind, alpha);
+    ctx->mark_non_differentiable({z});
+    return {acc, z, spk};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return e_grads(ctx, grads[0], grads[2], 9);
+  }
+};
+
+struct StepFn : public torch::autograd::Function<StepFn> {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y, const OptTensor& acc0,
+                               double lam, double theta, c10::optional<double> scale,
+                               int64_t kind, double alpha, bool save_z) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = handle<decltype(step)>("saf_cpu::step");
+    auto [acc, spk, z] = op.call(y, acc0, lam, theta, scale, kind, alpha, save_z);
+    keep_e(ctx, z, save_z, acc0.has_value() && acc0->defined(), scale, kind, alpha);
+    ctx->mark_non_differentiable({z});
+    return {acc, spk, z};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    return e_grads(ctx, grads[0], grads[1], 8);
+  }
+};
+
+struct StepFFn : public torch::autograd::Function<StepFFn> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const OptTensor& acc0,
+                            double lam, double theta, c10::optional<double> scale,
+                            const at::Tensor& c, bool grad_at_zero) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = handle<decltype(step_f)>("saf_cpu::step_f");
+    ctx->save_for_backward({y, c});
+    ctx->saved_data["theta"] = theta;
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["grad_at_zero"] = grad_at_zero;
+    return op.call(y, acc0, lam, theta, scale, c, grad_at_zero);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    variable_list out(7);
+    if (!grads[0].defined()) return out;
+    static auto op = handle<decltype(f_backward)>("saf_cpu::f_backward");
+    const auto saved = ctx->get_saved_variables();
+    out[0] = op.call(grads[0], saved[0], saved[1], ctx->saved_data["theta"].toDouble(),
+                     ctx->saved_data["scale"].toOptional<double>(),
+                     ctx->saved_data["grad_at_zero"].toBool());
+    return out;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> scan_autograd(
+    const at::Tensor& y, const OptTensor& acc0, double lam, double theta,
+    c10::optional<double> scale, int64_t kind, double alpha, bool save_z, bool save_s) {
+  auto r = ScanFn::apply(y, acc0, lam, theta, scale, kind, alpha, save_z, save_s);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> step_autograd(
+    const at::Tensor& y, const OptTensor& acc0, double lam, double theta,
+    c10::optional<double> scale, int64_t kind, double alpha, bool save_z) {
+  auto r = StepFn::apply(y, acc0, lam, theta, scale, kind, alpha, save_z);
+  return {r[0], r[1], r[2]};
+}
+
+at::Tensor step_f_autograd(const at::Tensor& y, const OptTensor& acc0, double lam, double theta,
+                           c10::optional<double> scale, const at::Tensor& c, bool grad_at_zero) {
+  return StepFFn::apply(y, acc0, lam, theta, scale, c, grad_at_zero);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(saf_cpu, m) {
@@ -302,8 +423,8 @@ TORCH_LIBRARY(saf_cpu, m) {
         "float alpha, bool save_z, bool save_s) -> (Tensor, Tensor, Tensor)");
   m.def("step(Tensor y, Tensor? acc0, float lam, float theta, float? scale, int kind, "
         "float alpha, bool save_z) -> (Tensor, Tensor, Tensor)");
-  m.def("step_f(Tensor y, Tensor? acc0, float lam, float theta, float? scale, Tensor c) "
-        "-> Tensor");
+  m.def("step_f(Tensor y, Tensor? acc0, float lam, float theta, float? scale, Tensor c, "
+        "bool grad_at_zero) -> Tensor");
   m.def("e_backward(Tensor z, Tensor? grad_acc, Tensor? grad_spk, float? scale, int kind, "
         "float alpha) -> Tensor");
   m.def("f_backward(Tensor grad, Tensor y, Tensor c, float theta, float? scale, "
@@ -316,4 +437,10 @@ TORCH_LIBRARY_IMPL(saf_cpu, CPU, m) {
   m.impl("step_f", &step_f);
   m.impl("e_backward", &e_backward);
   m.impl("f_backward", &f_backward);
+}
+
+TORCH_LIBRARY_IMPL(saf_cpu, Autograd, m) {
+  m.impl("scan", &scan_autograd);
+  m.impl("step", &step_autograd);
+  m.impl("step_f", &step_f_autograd);
 }

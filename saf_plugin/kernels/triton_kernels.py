@@ -375,14 +375,16 @@ def _(z, grad_acc, grad_spk, scale, surrogate_id, alpha):
 
 
 def _step_e_setup(ctx, inputs, output):
-    _, _, _, _, scale, sid, alpha, _ = inputs
+    _, acc0, _, _, scale, sid, alpha, _ = inputs
     ctx.save_for_backward(output[2])
     ctx.meta = (scale, sid, alpha)
+    ctx.has_spk = acc0 is not None  # without a carried state s[t] is â[t]: no output of its own
     ctx.set_materialize_grads(False)
 
 
 def _step_e_grad(ctx, g_acc, g_spk, g_z):
     (z,) = ctx.saved_tensors
+    g_spk = g_spk if ctx.has_spk else None
     if g_acc is None and g_spk is None:
         return (None,) * 8
     dy = torch.ops.saf_plugin.step_e_backward(z, g_acc, g_spk, *ctx.meta)
