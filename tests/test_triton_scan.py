@@ -245,14 +245,17 @@ def test_triton_steps_equal_the_triton_scan(mode):
 
 @interpret
 def test_step_ops_pass_opcheck_and_compile_in_one_graph():
+    """The step's ops (their autograd is a torch.autograd.Function around them, see
+    triton_kernels.StepE): opcheck without gradients; kernels.step under torch.compile with
+    fullgraph=True, gradients included."""
     from saf_plugin.kernels import triton_kernels  # noqa: F401  (registers the ops)
 
     y = _inputs(1, (3, 5), torch.float32, 1, 1.0, None)[0].requires_grad_(True)
     acc0 = torch.ones(3, 5)
     c = torch.tensor(1.875)
     for a0 in (None, acc0):
-        torch.library.opcheck(torch.ops.saf_plugin.step_e, (y, a0, 0.5, 1.0, 0.5, 0, 4.0, True))
-        torch.library.opcheck(torch.ops.saf_plugin.step_f, (y, a0, 0.5, 1.0, None, c))
+        torch.library.opcheck(torch.ops.saf_plugin.step_e, (y.detach(), a0, 0.5, 1.0, 0.5, 0, 4.0, True))
+        torch.library.opcheck(torch.ops.saf_plugin.step_f, (y.detach(), a0, 0.5, 1.0, None, c))
     g = torch.ones(3, 5)
     torch.library.opcheck(torch.ops.saf_plugin.step_e_backward, (y.detach(), g, g, 0.5, 1, 2.0))
     torch.library.opcheck(torch.ops.saf_plugin.step_f_backward, (g, y.detach(), c, 1.0, 0.5))
@@ -260,7 +263,9 @@ def test_step_ops_pass_opcheck_and_compile_in_one_graph():
     def f(y):
         acc, s = kernels.step(y, acc0, lam=0.5, theta=1.0, surrogate=_surrogate("sigmoid"),
                               backend="triton")
-        return acc + 2 * s
+        b, _ = kernels.step(y, None, lam=0.5, theta=1.0, input_scale=0.5, surrogate=None,
+                            mode="F", c=c, backend="triton")
+        return acc + 2 * s + b
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
     g1, = torch.autograd.grad(compiled(y).sum(), y)

@@ -374,24 +374,6 @@ def _(z, grad_acc, grad_spk, scale, surrogate_id, alpha):
     return torch.empty_like(z)
 
 
-def _step_e_setup(ctx, inputs, output):
-    _, acc0, _, _, scale, sid, alpha, _ = inputs
-    ctx.save_for_backward(output[2])
-    ctx.meta = (scale, sid, alpha)
-    ctx.has_spk = acc0 is not None  # without a carried state s[t] is â[t]: no output of its own
-    ctx.set_materialize_grads(False)
-
-
-def _step_e_grad(ctx, g_acc, g_spk, g_z):
-    (z,) = ctx.saved_tensors
-    g_spk = g_spk if ctx.has_spk else None
-    if g_acc is None and g_spk is None:
-        return (None,) * 8
-    dy = torch.ops.saf_plugin.step_e_backward(z, g_acc, g_spk, *ctx.meta)
-    return dy, None, None, None, None, None, None, None
-
-
-step_e.register_autograd(_step_e_grad, setup_context=_step_e_setup)
 
 
 @torch.library.custom_op("saf_plugin::step_f", mutates_args=())
@@ -426,16 +408,42 @@ def _(grad, y, c, theta, scale):
     return torch.empty_like(y)
 
 
-def _step_f_setup(ctx, inputs, output):
-    y, _, _, theta, scale, c = inputs
-    ctx.save_for_backward(y, c)
-    ctx.meta = (theta, scale)
+# The step's autograd: torch.autograd.Functions around the ops (torch.library's registered
+# autograd spends tens of microseconds per call in Python filling in default arguments, as much
+# as a step's kernel launches; torch.compile traces these Functions and the ops' fakes).
 
 
-def _step_f_grad(ctx, grad):
-    y, c = ctx.saved_tensors
-    dy = torch.ops.saf_plugin.step_f_backward(grad, y, c, *ctx.meta)
-    return dy, None, None, None, None, None
+class StepE(torch.autograd.Function):
+    """(â[t], s[t]) = step_e(Y[t]); s[t] is None without ``acc0`` (it is â[t] then)."""
+
+    @staticmethod
+    def forward(ctx, y, acc0, lam, theta, scale, sid, alpha):
+        acc, spk, z = torch.ops.saf_plugin.step_e(y, acc0, lam, theta, scale, sid, alpha, True)
+        ctx.save_for_backward(z)
+        ctx.meta = (scale, sid, alpha)
+        ctx.set_materialize_grads(False)
+        return acc, spk if acc0 is not None else None
+
+    @staticmethod
+    def backward(ctx, g_acc, g_spk):
+        (z,) = ctx.saved_tensors
+        if g_acc is None and g_spk is None:
+            return (None,) * 7
+        dy = torch.ops.saf_plugin.step_e_backward(z, g_acc, g_spk, *ctx.meta)
+        return dy, None, None, None, None, None, None
 
 
-step_f.register_autograd(_step_f_grad, setup_context=_step_f_setup)
+class StepF(torch.autograd.Function):
+    """â[t] = step_f(Y[t]) with the Spike Representation's gradient."""
+
+    @staticmethod
+    def forward(ctx, y, acc0, lam, theta, scale, c):
+        ctx.save_for_backward(y, c)
+        ctx.meta = (theta, scale)
+        return torch.ops.saf_plugin.step_f(y, acc0, lam, theta, scale, c)
+
+    @staticmethod
+    def backward(ctx, grad):
+        y, c = ctx.saved_tensors
+        dy = torch.ops.saf_plugin.step_f_backward(grad, y, c, *ctx.meta)
+        return dy, None, None, None, None, None

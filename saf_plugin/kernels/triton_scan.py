@@ -62,7 +62,12 @@ def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
     k = _kernels()
     if mode == Mode.F:
+        if grad:
+            return k.StepF.apply(y, acc0, lam, theta, scale, c), None
         return torch.ops.saf_plugin.step_f(y, acc0, lam, theta, scale, c), None
     sid, alpha = k.surrogate_spec(surrogate)
-    acc, spk, _ = torch.ops.saf_plugin.step_e(y, acc0, lam, theta, scale, sid, alpha, grad)
+    if grad:
+        acc, spk = k.StepE.apply(y, acc0, lam, theta, scale, sid, alpha)
+    else:
+        acc, spk, _ = torch.ops.saf_plugin.step_e(y, acc0, lam, theta, scale, sid, alpha, False)
     return acc, spk if acc0 is not None else acc
