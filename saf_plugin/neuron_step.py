@@ -80,7 +80,8 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
     ``st`` in place and returns (â[t], s[t]) with graph (s[t] is None in SAF-F).
 
     With a fixed decay and the input accumulated with it, one fused operation of
-    :func:`saf_plugin.kernels.step` (the same arithmetic as below, bit for bit)."""
+    :func:`saf_plugin.kernels.step`: the arithmetic below, bit for bit on CPU (on CUDA the
+    Triton surrogate derivative agrees to float rounding)."""
     if p.decay_param is None and decay_in == p.decay and st.z_prev is None:
         from . import kernels
 
