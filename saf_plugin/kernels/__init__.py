@@ -195,7 +195,7 @@ def step(
     c: Optional[Tensor] = None,
     backend: str = "auto",
 ) -> tuple[Tensor, Optional[Tensor]]:
-    """One SAF neuron step on ``y`` = Y[t] [B, ...] (fp32 or fp64), bit-identical to
+    """One SAF neuron step on ``y`` = Y[t], shape [B, ...], fp32 or fp64; bit-identical to
     :func:`saf_plugin.core.lif_spike` and :func:`~saf_plugin.core.accumulate_step` (mode "E")
     or :func:`saf_plugin.core.saf_f_step` (mode "F") on ρ Y[t], forward and gradient (the
     Triton backend's SAF-E gradient: to float rounding).
