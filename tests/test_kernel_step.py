@@ -279,6 +279,8 @@ def test_step_refuses_an_explicit_backend_that_cannot_run():
                      backend="cpu")
     with pytest.raises(ValueError, match="mode"):
         kernels.step(y, None, lam=0.5, theta=1.0, surrogate=None, mode="X")
+    with pytest.raises(ValueError, match="needs c"):
+        kernels.step(y, None, lam=0.5, theta=1.0, surrogate=None, mode="F")
 
 
 def test_the_cpp_source_ships_and_keys_the_build(monkeypatch, tmp_path):

@@ -207,6 +207,8 @@ def step(
     dtype as the oracle does.
     """
     _check_mode(mode)
+    if mode == Mode.F and c is None:
+        raise ValueError("mode 'F' needs c, the bias series c[t] at this step (a 0-d tensor)")
     if y.dtype not in (torch.float32, torch.float64):
         which = "torch"
     else:
