@@ -5,8 +5,9 @@ SAF_PLUGIN_NO_CPU_SCAN=1), on CPU, interleaved repeats, ratios of medians:
 - aten operations of one SpikingJelly Linear(16, 32) + LIFNode(v_reset=None) step, forward and
   backward (SAF-E at step 2, SAF-F at step 3, its last: the step with a backward), counted with
   a TorchDispatchMode;
-- the wall time of that step (batch 8), and of one training iteration of OTTT's VGG at width
-  /32 (batch 1, 8x8 input, T = 6; the tiny network of issue 20) with SAF-E online and SAF-F.
+- the wall time of that step (batch 8; a sample is the median of 50 steps), and of one
+  training iteration of OTTT's VGG at width /32 (batch 1, 8x8 input, T = 6; the tiny network
+  of issue 20) with SAF-E online and SAF-F (a sample is the median of 8 iterations).
 
     OMP_NUM_THREADS=1 python benchmarks/step_kernel_bench.py 9 out.json
 """
@@ -80,6 +81,12 @@ def linear_lif(mode, decay_input=False):
     return run
 
 
+def _timed(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
 def main(repeats: int, path: str):
     rows = {"machine": machine(), "threads": torch.get_num_threads(), "repeats": repeats,
             "ops": {}, "time": {}}
@@ -107,11 +114,8 @@ def main(repeats: int, path: str):
                 oracle(on)
                 if c.startswith("linear"):  # the median of 50 measured steps
                     took = statistics.median(run() for _ in range(50))
-                else:  # the mean of 3 iterations
-                    t0 = time.perf_counter()
-                    for _ in range(3):
-                        run()
-                    took = (time.perf_counter() - t0) / 3
+                else:  # the median of 8 iterations
+                    took = statistics.median(_timed(run) for _ in range(8))
                 if r:
                     samples[(c, k)].append(took)
         oracle(False)
@@ -122,6 +126,8 @@ def main(repeats: int, path: str):
                                                          samples[(c, "oracle")]))
         rows["time"][c] = {"fused_s": f, "oracle_s": o, "ratio_of_medians": f / o,
                            "paired_median_ratio": paired,
+                           "fused_samples_s": samples[(c, "fused")],
+                           "oracle_samples_s": samples[(c, "oracle")],
                            "what": "one step, forward+backward" if c.startswith("linear")
                            else "one training iteration (T = 6)"}
         print(f"{c}: fused {f * 1e6:.0f} us, oracle {o * 1e6:.0f} us, ratio {f / o:.2f} "

@@ -111,6 +111,7 @@ def _is_cuda(y: Tensor) -> bool:
 
 
 def _choose(name: str, y: Tensor, surrogate, mode: str) -> str:
+    """The backend that runs: ``name`` where it can (else raise), or the "auto" choice."""
     if name != "auto":
         ok, why = available(name, y, surrogate, mode)
         if not ok:
