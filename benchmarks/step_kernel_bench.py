@@ -5,6 +5,9 @@ SAF_PLUGIN_NO_CPU_SCAN=1), on CPU, interleaved repeats, ratios of medians:
 - aten operations of one SpikingJelly Linear(16, 32) + LIFNode(v_reset=None) step, forward and
   backward (SAF-E at step 2, SAF-F at step 3, its last: the step with a backward), counted with
   a TorchDispatchMode;
+- ``kernels.step`` alone, forward and backward, against the same step as a scan of T = 1
+  (``kernels.scan``, "cpu") and the PyTorch code, at 1x64 and 16x4096 neurons (a sample is the
+  median of 200 calls): is a dedicated step operator cheaper than the scan's?
 - the wall time of that step (batch 8; a sample is the median of 50 steps), and of one
   training iteration of OTTT's VGG at width /32 (batch 1, 8x8 input, T = 6; the tiny network
   of issue 20) with SAF-E online and SAF-F (a sample is the median of 8 iterations).
@@ -81,9 +84,32 @@ def linear_lif(mode, decay_input=False):
     return run
 
 
-def _timed(run) -> float:
+def step_alone(shape, how):
+    """One neuron step, forward and backward, three ways."""
+    from spikingjelly.activation_based import surrogate
+
+    sur = surrogate.Sigmoid()
+    y = torch.randn(*shape).requires_grad_(True)
+    prev, g = torch.ones(*shape), torch.ones(*shape)
+    kw = dict(lam=0.5, theta=1.0, surrogate=sur)
+
+    def run(measure=None):
+        t0 = time.perf_counter()
+        if how == "scan":
+            a, _, s = saf_plugin.kernels.scan(y.unsqueeze(0), prev, backend="cpu", spikes=True,
+                                              **kw)
+            a, s = a.squeeze(0), s.squeeze(0)
+        else:
+            a, s = saf_plugin.kernels.step(y, prev, backend="cpu" if how == "step" else "torch",
+                                           **kw)
+        torch.autograd.backward([a, s], [g, g])
+        return time.perf_counter() - t0
+    return run
+
+
+def _timed(fn) -> float:
     t0 = time.perf_counter()
-    run()
+    fn()
     return time.perf_counter() - t0
 
 
@@ -101,21 +127,25 @@ def main(repeats: int, path: str):
             oracle(False)
             rows["ops"][f"linear_lif_{mode}{'_decay_input' if di else ''}"] = {
                 k: {"total": sum(v.values()), "by_op": v} for k, v in counts.items()}
-    cases = {"linear_lif_E": linear_lif("E"), "linear_lif_F": linear_lif("F")}
+    # name -> (the fused run, the PyTorch-code run); a run returns the seconds it measured
+    cases = {f"step_{how}_{n}x{m}": (step_alone((n, m), how), step_alone((n, m), "torch"))
+             for n, m in ((1, 64), (16, 4096)) for how in ("step", "scan")}
+    for mode in ("E", "F"):
+        run = linear_lif(mode)
+        cases[f"linear_lif_{mode}"] = (run, run)
     base = VGG(32, in_channels=3)
     x, y = make_inputs([3, 8, 8], 1, 6, torch.device("cpu"))
     for method in ("saf_e_online", "saf_f"):
         runner = make_runner(method, variant(base, method))
-        cases[f"vgg32_b1_{method}"] = (lambda r: lambda measure=None: r(x, y))(runner)
+        run = (lambda r: lambda measure=None: _timed(lambda: r(x, y)))(runner)
+        cases[f"vgg32_b1_{method}"] = (run, run)
     samples = {(c, k): [] for c in cases for k in ("fused", "oracle")}
     for r in range(repeats + 1):
-        for c, run in cases.items():
-            for k, on in (("fused", False), ("oracle", True)):
-                oracle(on)
-                if c.startswith("linear"):  # the median of 50 measured steps
-                    took = statistics.median(run() for _ in range(50))
-                else:  # the median of 8 iterations
-                    took = statistics.median(_timed(run) for _ in range(8))
+        for c, runs in cases.items():
+            n = 200 if c.startswith("step_") else 50 if c.startswith("linear") else 8
+            for k, run, on in (("fused", runs[0], False), ("oracle", runs[1], True)):
+                oracle(on)  # the PyTorch code where the run does not name its backend
+                took = statistics.median(run() for _ in range(n))
                 if r:
                     samples[(c, k)].append(took)
         oracle(False)
@@ -128,8 +158,8 @@ def main(repeats: int, path: str):
                            "paired_median_ratio": paired,
                            "fused_samples_s": samples[(c, "fused")],
                            "oracle_samples_s": samples[(c, "oracle")],
-                           "what": "one step, forward+backward" if c.startswith("linear")
-                           else "one training iteration (T = 6)"}
+                           "what": "one training iteration (T = 6)" if c.startswith("vgg")
+                           else "one step, forward+backward"}
         print(f"{c}: fused {f * 1e6:.0f} us, oracle {o * 1e6:.0f} us, ratio {f / o:.2f} "
               f"(paired {paired:.2f})")
     for c, v in rows["ops"].items():
