@@ -305,6 +305,32 @@ def test_clamp_rule_is_torchs():
     assert kernels.torch_scan.CLAMP_GRAD_AT_ZERO == bool(g[0] == 1)
 
 
+def test_clamp_rule_is_read_right_when_kernels_are_imported_inside_a_forward():
+    """saf_plugin.kernels is first imported in a model's first forward, which may run under
+    inference mode, no_grad or a user's modes: the rule is read the same."""
+    import subprocess
+    import sys
+
+    code = """
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+class F(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+class D(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+with torch.inference_mode(), torch.no_grad(), F(), D():
+    from saf_plugin.kernels import torch_scan
+print(torch_scan.CLAMP_GRAD_AT_ZERO)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == str(kernels.torch_scan.CLAMP_GRAD_AT_ZERO)
+
+
 # ----------------------------------------------------------------------------- GPU
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

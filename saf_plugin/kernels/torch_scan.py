@@ -81,10 +81,15 @@ def f_by_steps(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
 
 
 def _clamp_grad_at_zero() -> bool:
-    x = torch.zeros((), requires_grad=True)
-    with torch.enable_grad():
+    """Asked of autograd once, at import, which may happen inside a model's first forward:
+    outside any inference mode, no-grad block or user mode."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), \
+            torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros((), requires_grad=True)
         (g,) = torch.autograd.grad(torch.clamp(x, min=0.0), x)
-    return bool(g == 1)
+        return bool(g == 1)
 
 
 # Whether this torch gives clamp(x, min=0) the gradient 1 at x = 0, as releases before its
