@@ -1,5 +1,5 @@
-"""The Triton SAF scan and step (saf_plugin.kernels.triton_scan, triton_kernels) verified
-without a GPU.
+"""The Triton SAF scan and step (saf_plugin.kernels.triton_scan, triton_kernels,
+triton_step) verified without a GPU.
 
 - Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors. Triton reads that variable
   once, so these tests run in their own process: :func:`test_interpreted_kernels` starts
@@ -246,9 +246,9 @@ def test_triton_steps_equal_the_triton_scan(mode):
 @interpret
 def test_step_ops_pass_opcheck_and_compile_in_one_graph():
     """The step's ops (their autograd is a torch.autograd.Function around them, see
-    triton_kernels.StepE): opcheck without gradients; kernels.step under torch.compile with
+    triton_step.StepE): opcheck without gradients; kernels.step under torch.compile with
     fullgraph=True, gradients included."""
-    from saf_plugin.kernels import triton_kernels  # noqa: F401  (registers the ops)
+    from saf_plugin.kernels import triton_step  # noqa: F401  (registers the ops)
 
     y = _inputs(1, (3, 5), torch.float32, 1, 1.0, None)[0].requires_grad_(True)
     acc0 = torch.ones(3, 5)
@@ -280,6 +280,7 @@ def _variants():
     """(kernel, signature, constexprs, launch options) of every variant the scan and the step
     launch."""
     from saf_plugin.kernels import triton_kernels as tk
+    from saf_plugin.kernels import triton_step
 
     ptr = {0: "*fp32", 1: "*fp16", 2: "*bf16"}
     for acc0, scale, save_z, kind in itertools.product((False, True), (False, True),
@@ -309,7 +310,7 @@ def _variants():
         sig = {"y_ptr": "*fp32", "acc0_ptr": "*fp32", "acc_ptr": "*fp32", "spk_ptr": "*fp32",
                "z_ptr": "*fp32", "c_ptr": "*fp32", "N": "i32", "lam": "fp32",
                "theta_lam": "fp32", "theta": "fp32", "scale": "fp32"}
-        yield tk._step_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAF_F=saf_f,
+        yield triton_step._step_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAF_F=saf_f,
                                          SAVE_Z=save_z), tk.EXACT
 
 

@@ -1,5 +1,6 @@
-"""Backend ``"triton"``: the SAF scan and step as Triton kernels (:mod:`.triton_kernels`), on
-CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the tests run them).
+"""Backend ``"triton"``: the SAF scan and step as Triton kernels (:mod:`.triton_kernels`,
+:mod:`.triton_step`), on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (how the
+tests run them).
 
 The scan takes fp32, fp16 and bf16 input (fp32 state and arithmetic; â in the input dtype);
 the step fp32 (the dispatcher gives it fp32 or fp64 only). Forward: bit-identical to
@@ -24,9 +25,15 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _kernels():
-    from . import triton_kernels  # registers torch.ops.saf_plugin.scan_e, step_e, ...
+    from . import triton_kernels  # registers torch.ops.saf_plugin.scan_e, scan_f
 
     return triton_kernels
+
+
+def _step_kernels():
+    from . import triton_step  # registers torch.ops.saf_plugin.step_e, step_f
+
+    return triton_step
 
 
 def available(y: Tensor, surrogate, mode: str) -> tuple[bool, str]:
@@ -60,14 +67,14 @@ def scan(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
 
 def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
-    k = _kernels()
+    k, ks = _kernels(), _step_kernels()
     if mode == Mode.F:
         if grad:
-            return k.StepF.apply(y, acc0, lam, theta, scale, c), None
+            return ks.StepF.apply(y, acc0, lam, theta, scale, c), None
         return torch.ops.saf_plugin.step_f(y, acc0, lam, theta, scale, c), None
     sid, alpha = k.surrogate_spec(surrogate)
     if grad:
-        acc, spk = k.StepE.apply(y, acc0, lam, theta, scale, sid, alpha)
+        acc, spk = ks.StepE.apply(y, acc0, lam, theta, scale, sid, alpha)
     else:
         acc, spk, _ = torch.ops.saf_plugin.step_e(y, acc0, lam, theta, scale, sid, alpha, False)
     return acc, spk if acc0 is not None else acc
