@@ -126,25 +126,25 @@ def main(argv=None) -> dict:
 
 def sweep(args, device, bw: float, record) -> None:
     """Forward time of the Triton scan per launch configuration (no gradient, fp32)."""
-    from saf_plugin.kernels import triton_scan
+    from saf_plugin.kernels import triton_kernels
 
     T = max(int(t) for t in args.T.split(","))
     n = args.numel // T
     y = torch.randn(T, n, device=device) + 0.8
-    default = (triton_scan.BLOCK, triton_scan.NUM_WARPS)
+    default = (triton_kernels.BLOCK, triton_kernels.NUM_WARPS)
     try:
         for block in (128, 256, 512, 1024, 2048):
             for warps in (1, 2, 4, 8, 16):
                 if block < 32 * warps:
                     continue
-                triton_scan.BLOCK, triton_scan.NUM_WARPS = block, warps
-                f = timed(lambda: triton_scan._forward(y, None, 0.5, 1.0, None, False), device,
+                triton_kernels.BLOCK, triton_kernels.NUM_WARPS = block, warps
+                f = timed(lambda: triton_kernels._forward(y, None, 0.5, 1.0, None, False), device,
                           args.reps)
                 record({"T": T, "dtype": "float32", "backend": "triton", "block": block,
                         "num_warps": warps, "numel": T * n, "forward_s": f,
                         "forward_bw_fraction": 8 * T * n / f / bw})
     finally:
-        triton_scan.BLOCK, triton_scan.NUM_WARPS = default
+        triton_kernels.BLOCK, triton_kernels.NUM_WARPS = default
 
 
 if __name__ == "__main__":

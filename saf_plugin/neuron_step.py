@@ -100,7 +100,19 @@ def membrane(st: NeuronState, theta: float, detach_reset: bool, multi: bool,
 def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str,
          c: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
     """One SAF step on the input accumulation ``x`` (accumulated with ``decay_in``); updates
-    ``st`` in place and returns (â[t], s[t]) with graph (s[t] is None in SAF-F)."""
+    ``st`` in place and returns (â[t], s[t]) with graph (s[t] is None in SAF-F).
+
+    With a fixed decay and the input accumulated with it, one fused operation of
+    :func:`saf_plugin.kernels.step`: the arithmetic below, bit for bit on CPU (on CUDA the
+    Triton surrogate derivative agrees to float rounding)."""
+    if p.decay_param is None and decay_in == p.decay and st.z_prev is None:
+        from . import kernels
+
+        acc, spikes = kernels.step(x, st.acc, lam=p.decay, theta=p.theta,
+                                   input_scale=p.input_scale, surrogate=p.surrogate, mode=mode,
+                                   c=c, backend=p.backend)
+        st.acc = acc.detach()
+        return acc, spikes
     y = x
     if p.decay_param is not None or decay_in != p.decay:
         y = core.reaccumulate_step(x, st.z_prev, st.y_prev, decay_in, p.decay)

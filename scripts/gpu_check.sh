@@ -10,8 +10,8 @@
 # Steps, each under its own `timeout` (and capped by what is left of the whole budget):
 #   env           versions, the GPU
 #   install_*     wheels -> $SITE (tools/extra only where pytest/tensorboard are missing)
-#   tests_sj2     gpu-marked tests, SpikingJelly 2.0: triton and torch scans vs the oracle, whole
-#                 models on CUDA (SpikingJelly's neurons, OTTT, the Triton scan in a model)
+#   tests_sj2     gpu-marked tests, SpikingJelly 2.0: triton and torch scans and steps vs the
+#                 oracle, whole models on CUDA (SpikingJelly's neurons, OTTT, the Triton scan in a model)
 #   tests_sj014   gpu-marked tests, SpikingJelly 0.0.0.0.14: the CuPy scan vs the torch scan
 #   scan_sj2      benchmarks/gpu_scan_bench.py (torch, triton), fraction of copy bandwidth, and
 #                 the Triton forward per launch configuration (--sweep)
@@ -110,7 +110,7 @@ else
 fi
 if [ -n "$P2" ]; then
   step tests_sj2 150 env PYTHONPATH="$P2" "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider \
-    "${TESTARGS[@]}" tests/test_kernels.py tests/test_cuda_models.py --junitxml="$OUT/tests_sj2.xml"
+    "${TESTARGS[@]}" tests/test_kernels.py tests/test_kernel_step.py tests/test_cuda_models.py --junitxml="$OUT/tests_sj2.xml"
 fi
 if [ -n "$P14" ]; then
   step tests_sj014 70 env PYTHONPATH="$P14" "$PY" -m pytest -q -m gpu -rs -p no:cacheprovider \

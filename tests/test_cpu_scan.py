@@ -169,7 +169,7 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     kernels.reset_warnings()
     y = inputs((3, 10), 4, torch.float32, seed=6)
     sur = surrogate("sigmoid4")
-    with pytest.warns(RuntimeWarning, match="could not be built.*using the PyTorch scan"):
+    with pytest.warns(RuntimeWarning, match="could not be built.*falling back to backend .torch."):
         a, _ = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -181,15 +181,23 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     kernels.reset_warnings()
 
 
-def test_operators_are_registered_with_fake_implementations():
-    y = inputs((2, 33), 3, torch.float32, seed=8)
-    args = (y, None, 0.5, 1.0, 0.5, True, True)
-    torch.library.opcheck(torch.ops.saf_cpu_scan.forward.default, args,
-                          test_utils=("test_schema", "test_faketensor"))
-    _, z, _ = torch.ops.saf_cpu_scan.forward(*args)
-    torch.library.opcheck(torch.ops.saf_cpu_scan.backward.default,
-                          (z, torch.ones_like(z), 0.5, 0, 4.0),
-                          test_utils=("test_schema", "test_faketensor"))
+def test_operators_pass_opcheck():
+    """torch.library.opcheck (schema, fake tensors, registered autograd) of every operator."""
+    y = inputs((2, 33), 3, torch.float32, seed=8).requires_grad_(True)
+    acc0 = carried((2, 33), torch.float32, 8)
+    c = torch.tensor(1.75)
+    ops = torch.ops.saf_cpu
+    for args in ((y, None, 0.5, 1.0, 0.5, 0, 4.0, True, True), (y, acc0, 0.5, 1.0, None, 1, 2.0, True, False)):
+        torch.library.opcheck(ops.scan.default, args)
+    for args in ((y[0], None, 0.5, 1.0, 0.5, 0, 4.0, True), (y[0], acc0, 0.5, 1.0, None, 1, 2.0, True)):
+        torch.library.opcheck(ops.step.default, args)
+    for at_zero in (False, True):
+        torch.library.opcheck(ops.step_f.default, (y[0], acc0, 0.5, 1.0, 0.5, c, at_zero))
+    z = ops.scan(y.detach(), None, 0.5, 1.0, 0.5, 0, 4.0, True, False)[1]
+    g = torch.ones_like(z)
+    for args in ((z, g, None, 0.5, 0, 4.0), (z, None, g, None, 1, 2.0), (z, g, g, 0.5, 0, 4.0)):
+        torch.library.opcheck(ops.e_backward.default, args)
+    torch.library.opcheck(ops.f_backward.default, (g[0], y[0].detach(), c, 1.0, 0.5, False))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -192,7 +192,7 @@ def test_auto_fallback_warns_once(monkeypatch):
     monkeypatch.setattr(kernels, "_is_cuda", lambda y: True)
     y = inputs((4,), 3, torch.float32, seed=0)
     sur = surrogates()["sigmoid4"]
-    with pytest.warns(RuntimeWarning, match="using the PyTorch scan"):
+    with pytest.warns(RuntimeWarning, match="falling back to backend .torch."):
         a, _ = kernels.scan(y, None, lam=0.5, theta=1.0, surrogate=sur)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

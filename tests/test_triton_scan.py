@@ -1,10 +1,12 @@
-"""The Triton SAF scan (saf_plugin.kernels.triton_scan) verified without a GPU.
+"""The Triton SAF scan and step (saf_plugin.kernels.triton_scan, triton_kernels,
+triton_step) verified without a GPU.
 
 - Under ``TRITON_INTERPRET=1`` the kernels run on CPU tensors. Triton reads that variable
   once, so these tests run in their own process: :func:`test_interpreted_kernels` starts
   ``pytest`` on this file with the variable set, and the ``interpret`` tests only run there.
   They compare ``backend="triton"`` with ``backend="torch"`` (itself bit-identical to the
-  oracle, tests/test_kernels.py): â bit for bit, dL/dY within 1e-5 relative.
+  oracle, tests/test_kernels.py): â bit for bit, dL/dY within 1e-5 relative (SAF-E: the
+  surrogate's Triton derivative) or bit for bit (SAF-F).
 - Every kernel variant compiled for sm_90 (the H100) with ``triton.compile``; the PTX of the
   variants whose rounding must match the PyTorch scan holds no fused multiply-add.
 """
@@ -52,8 +54,10 @@ def _inputs(T, shape, dtype, seed, theta, scale):
     g = torch.Generator().manual_seed(seed)
     y = (torch.randn((T, *shape), generator=g) * 1.5 + 0.8).cumsum(0) / 2
     flat = y.view(T, -1)
-    kappa = 1.0 if scale is None else scale
-    flat[0, :2] = torch.tensor([theta / kappa, 0.0])[:flat.shape[1]]  # u[0] = θ exactly
+    rho = 1.0 if scale is None else scale
+    flat[0, :2] = torch.tensor([theta / rho, 0.0])[:flat.shape[1]]  # u[0] = θ exactly
+    if flat.shape[1] > 2:
+        flat[-1, -1] = 0.0  # SAF-F's gradient at Y = 0 is torch's clamp's
     return y.to(dtype)
 
 
@@ -133,7 +137,7 @@ def test_surrogate_without_triton_derivative_is_refused():
 @interpret
 def test_bf16_rounds_to_nearest_even():
     """The explicit fp32 -> bf16 rounding equals PyTorch's: ties to even, inf, NaN, -0."""
-    from saf_plugin.kernels import triton_scan  # noqa: F401  (registers the ops)
+    from saf_plugin.kernels import triton_kernels  # noqa: F401  (registers the ops)
 
     g = torch.tensor([[float("nan"), float("inf"), -float("inf"), 1 + 2**-8, 1 + 3 * 2**-8,
                        3.0e38, 3.4e38, -1 - 3 * 2**-9, 0.1, -0.0, 1e-40]])
@@ -160,7 +164,7 @@ def test_no_grad_saves_nothing_and_state_carries():
 def test_ops_pass_opcheck_and_compile_in_one_graph():
     """torch.library.opcheck (schema, fake tensors, autograd registration) and torch.compile
     with fullgraph=True: the scan is one op in the graph, no break."""
-    from saf_plugin.kernels import triton_scan  # noqa: F401  (registers the ops)
+    from saf_plugin.kernels import triton_kernels  # noqa: F401  (registers the ops)
 
     y = _inputs(4, (3, 5), torch.float32, 1, 1.0, None).requires_grad_(True)
     acc0 = torch.ones(3, 5)
@@ -178,12 +182,105 @@ def test_ops_pass_opcheck_and_compile_in_one_graph():
     assert torch.equal(g1, g2)
 
 
+# ----------------------------------------------------------------------------- the step
+
+
+def _step_run(backend, y, acc0, mode, surrogate, lam, theta, scale, c):
+    """(â, s, dL/dY) of kernels.step, the upstream gradient reaching both outputs."""
+    yy = y.clone().requires_grad_(True)
+    acc, s = kernels.step(yy, acc0, lam=lam, theta=theta, input_scale=scale,
+                          surrogate=surrogate, mode=mode, c=c, backend=backend)
+    loss = (acc * torch.linspace(-1, 2, acc.numel()).view(acc.shape)).sum()
+    if s is not None and s is not acc:
+        loss = loss + (s * torch.linspace(2, -3, s.numel()).view(s.shape)).sum()
+    loss.backward()
+    return acc, s, yy.grad
+
+
+@interpret
+@pytest.mark.parametrize("mode,sname", [("E", "sigmoid"), ("E", "atan"), ("F", None)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("carried", [False, True])
+def test_triton_step_equals_torch_step(mode, sname, case, carried):
+    """One fused step against the oracle (backend "torch" is core's code): â and s bit for bit;
+    dL/dY bit for bit in SAF-F (Y = 0 and u = θ exactly included), within 1e-5 in SAF-E."""
+    T, shape, lam, theta, decay_input = CASES[case]
+    scale = 1.0 - lam if decay_input else None
+    y = _inputs(2, shape, torch.float32, case, theta, scale)[-1 if carried else 0]
+    acc0 = (torch.rand(shape, generator=torch.Generator().manual_seed(9)) * 2).round() if carried else None
+    c = torch.tensor(1.75) if mode == "F" else None
+    sur = _surrogate(sname) if sname else None
+    a_t, s_t, g_t = _step_run("triton", y, acc0, mode, sur, lam, theta, scale, c)
+    a_o, s_o, g_o = _step_run("torch", y, acc0, mode, sur, lam, theta, scale, c)
+    assert torch.equal(a_t, a_o) and 0 < a_t.count_nonzero() < a_t.numel() or a_t.numel() < 3
+    if mode == "E":
+        assert torch.equal(s_t, s_o) and (s_t is a_t) == (not carried)
+        torch.testing.assert_close(g_t, g_o, rtol=1e-5, atol=1e-5 * g_o.abs().max().item())
+    else:
+        assert s_t is None and s_o is None and torch.equal(g_t, g_o)
+    assert g_t.abs().sum() > 0
+
+
+@interpret
+@pytest.mark.parametrize("mode", ["E", "F"])
+def test_triton_steps_equal_the_triton_scan(mode):
+    """T fused steps, the state carried, equal one scan bit for bit, forward and gradient."""
+    T, shape, lam, theta = 6, (3, 97), 0.5, 1.0
+    y = _inputs(T, shape, torch.float32, 4, theta, 0.5)
+    sur = _surrogate("atan")
+    c = core.bias_series(0, T, lam, like=y)
+    a_s, _, g_s = _run("triton", y, None, mode, sur, lam, theta, 0.5, c[-1])
+    yy = y.clone().requires_grad_(True)
+    accs, prev = [], None
+    for t in range(T):
+        with torch.set_grad_enabled(mode == "E" or t == T - 1):
+            a, _ = kernels.step(yy[t], prev, lam=lam, theta=theta, input_scale=0.5,
+                                surrogate=sur, mode=mode, c=c[t], backend="triton")
+        accs.append(a)
+        prev = a.detach()
+    acc = torch.stack(accs)
+    (acc * torch.linspace(-1, 2, acc.numel()).view(acc.shape)).sum().backward()
+    assert torch.equal(acc, a_s) and torch.equal(yy.grad, g_s)
+
+
+@interpret
+def test_step_ops_pass_opcheck_and_compile_in_one_graph():
+    """The step's ops (their autograd is a torch.autograd.Function around them, see
+    triton_step.StepE): opcheck without gradients; kernels.step under torch.compile with
+    fullgraph=True, gradients included."""
+    from saf_plugin.kernels import triton_step  # noqa: F401  (registers the ops)
+
+    y = _inputs(1, (3, 5), torch.float32, 1, 1.0, None)[0].requires_grad_(True)
+    acc0 = torch.ones(3, 5)
+    c = torch.tensor(1.875)
+    for a0 in (None, acc0):
+        torch.library.opcheck(torch.ops.saf_plugin.step_e, (y.detach(), a0, 0.5, 1.0, 0.5, 0, 4.0, True))
+        torch.library.opcheck(torch.ops.saf_plugin.step_f, (y.detach(), a0, 0.5, 1.0, None, c))
+    g = torch.ones(3, 5)
+    torch.library.opcheck(torch.ops.saf_plugin.step_e_backward, (y.detach(), g, g, 0.5, 1, 2.0))
+    torch.library.opcheck(torch.ops.saf_plugin.step_f_backward, (g, y.detach(), c, 1.0, 0.5))
+
+    def f(y):
+        acc, s = kernels.step(y, acc0, lam=0.5, theta=1.0, surrogate=_surrogate("sigmoid"),
+                              backend="triton")
+        b, _ = kernels.step(y, None, lam=0.5, theta=1.0, input_scale=0.5, surrogate=None,
+                            mode="F", c=c, backend="triton")
+        return acc + 2 * s + b
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    g1, = torch.autograd.grad(compiled(y).sum(), y)
+    g2, = torch.autograd.grad(f(y).sum(), y)
+    assert torch.equal(g1, g2)
+
+
 # ----------------------------------------------------------------------------- sm_90 PTX
 
 
 def _variants():
-    """(kernel, signature, constexprs, launch options) of every variant the scan launches."""
-    from saf_plugin.kernels import triton_scan as ts
+    """(kernel, signature, constexprs, launch options) of every variant the scan and the step
+    launch."""
+    from saf_plugin.kernels import triton_kernels as tk
+    from saf_plugin.kernels import triton_step
 
     ptr = {0: "*fp32", 1: "*fp16", 2: "*bf16"}
     for acc0, scale, save_z, kind in itertools.product((False, True), (False, True),
@@ -191,28 +288,42 @@ def _variants():
         sig = {"y_ptr": ptr[kind], "acc0_ptr": "*fp32", "acc_ptr": ptr[kind], "z_ptr": "*fp32",
                "last_ptr": "*fp32", "T": "i32", "N": "i32", "lam": "fp32",
                "theta_lam": "fp32", "theta": "fp32", "scale": "fp32"}
-        yield ts._forward_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAVE_Z=save_z,
-                                            KIND=kind), ts.EXACT
-    for scale, kind in itertools.product((False, True), (0, 1, 2)):
+        yield tk._forward_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAVE_Z=save_z,
+                                            KIND=kind), tk.EXACT
+    for scale, at_zero, kind in itertools.product((False, True), (False, True), (0, 1, 2)):
         sig = {"g_ptr": ptr[kind], "y_ptr": ptr[kind], "c_ptr": "*fp32", "dy_ptr": ptr[kind],
                "N": "i32", "theta": "fp32", "scale": "fp32"}
-        yield ts._f_backward_kernel, sig, dict(HAS_SCALE=scale, KIND=kind), ts.EXACT
-    for sid, scale, kind in itertools.product(range(7), (False, True), (0, 1, 2)):
-        sig = {"g_ptr": ptr[kind], "z_ptr": "*fp32", "dy_ptr": ptr[kind], "numel": "i32",
-               "alpha": "fp32", "scale": "fp32"}
-        yield ts._e_backward_kernel, sig, dict(SURROGATE=sid, HAS_SCALE=scale, KIND=kind), {}
+        yield tk._f_backward_kernel, sig, dict(HAS_SCALE=scale, GRAD_AT_ZERO=at_zero,
+                                               KIND=kind), tk.EXACT
+    for sid, g2, scale, kind in itertools.product(range(7), (False, True), (False, True),
+                                                  (0, 1, 2)):
+        if g2 and kind:  # the step (two gradients) is fp32 only
+            continue
+        sig = {"g_ptr": ptr[kind], "g2_ptr": ptr[kind], "z_ptr": "*fp32", "dy_ptr": ptr[kind],
+               "numel": "i32", "alpha": "fp32", "scale": "fp32"}
+        yield tk._e_backward_kernel, sig, dict(SURROGATE=sid, HAS_G2=g2, HAS_SCALE=scale,
+                                               KIND=kind), {}
+    for acc0, scale, saf_f, save_z in itertools.product((False, True), (False, True),
+                                                        (False, True), (False, True)):
+        if saf_f and save_z:  # SAF-F keeps no z
+            continue
+        sig = {"y_ptr": "*fp32", "acc0_ptr": "*fp32", "acc_ptr": "*fp32", "spk_ptr": "*fp32",
+               "z_ptr": "*fp32", "c_ptr": "*fp32", "N": "i32", "lam": "fp32",
+               "theta_lam": "fp32", "theta": "fp32", "scale": "fp32"}
+        yield triton_step._step_kernel, sig, dict(HAS_ACC0=acc0, HAS_SCALE=scale, SAF_F=saf_f,
+                                         SAVE_Z=save_z), tk.EXACT
 
 
 def test_sm90_every_variant_compiles_and_exact_ones_have_no_fma():
-    """Forward and SAF-F backward compile with EXACT (no FP contraction): their PTX has no
-    fma/mad, so every product and sum rounds on its own as in the PyTorch scan. SAF-E's
-    backward (gradient within float tolerance) may fuse."""
+    """Forwards (scan and step) and SAF-F backward compile with EXACT (no FP contraction):
+    their PTX has no fma/mad, so every product and sum rounds on its own as in the PyTorch
+    scan. SAF-E's backward (gradient within float tolerance) may fuse."""
     if INTERPRET:
         pytest.skip("compiles for the GPU, not for the interpreter")
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from saf_plugin.kernels import triton_scan as ts
+    from saf_plugin.kernels import triton_kernels as ts
 
     counts = {}
     for fn, sig, const, options in _variants():
@@ -226,7 +337,7 @@ def test_sm90_every_variant_compiles_and_exact_ones_have_no_fma():
         if options == ts.EXACT:
             assert fused == [], name
             assert "div.full" not in ptx and "div.approx" not in ptx, name  # θ divides exactly
-    assert len(counts) == 24 + 6 + 42
+    assert len(counts) == 24 + 12 + (42 + 14) + 12
     # the control: the same forward compiled with Triton's default options does fuse
     fn, sig, const, _ = next(_variants())
     const = dict(const, BLOCK=ts.BLOCK)

@@ -1,15 +1,17 @@
-"""The SAF scan as CUDA C kernels launched with CuPy (``backend="cupy"``), for SpikingJelly
-0.0.0.0.14, whose surrogates carry their derivative as CUDA code (``cuda_codes``).
+"""Backend ``"cupy"``: the SAF scan as CUDA C kernels launched with CuPy, for SpikingJelly
+0.0.0.0.14, whose surrogates carry their derivative as CUDA code (``cuda_codes``). There is no
+step kernel: :func:`step` is the PyTorch step (0.0.0.0.14 runs its own ``'cupy'`` neurons in
+step mode 'm' only).
 
 Tensors are viewed as [T, N]; one thread owns one neuron n and loops over t (64-bit indices),
 with the state â in a register (docs/theory.md, "Spike accumulation and the SAF forward"):
 
-    u = κ Y[t] − (θλ) â,   z[t] = u − θ,   â ← λ â + H(z[t]),   â[t] = â
+    u = ρ Y[t] − (θλ) â,   z[t] = u − θ,   â ← λ â + H(z[t]),   â[t] = â
 
 Forward reads Y and writes â (8 B/element, fp32), plus z (4 B) only when SAF-E needs a
 gradient. Every product and sum uses the ``__f*_rn`` intrinsics, which the compiler never
 contracts into FMAs: â rounds exactly like the PyTorch scan. SAF-E backward is element-wise:
-∂L/∂Y[t] = σ'(z[t]) ∂L/∂â[t] κ, with σ' the surrogate's ``cuda_codes`` (its rounding differs
+∂L/∂Y[t] = σ'(z[t]) ∂L/∂â[t] ρ, with σ' the surrogate's ``cuda_codes`` (its rounding differs
 from the PyTorch surrogate in the last bits).
 
 Sources are plain strings (:func:`forward_source`, :func:`backward_source`), so they can be
@@ -22,12 +24,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
+import sys
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from ..modes import Mode
+from . import torch_scan
+
 THREADS = 256
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OPTIONS: tuple[str, ...] = ("--std=c++11",)  # no fast math: expf stays exact, no flush to zero
 
 _FORWARD = r"""
@@ -59,6 +67,56 @@ extern "C" __global__ void NAME(const float* __restrict__ g, const float* __rest
     dy[i] = OUTPUT;
 }
 """
+
+
+def spikingjelly_is_legacy() -> bool:
+    """True when the imported SpikingJelly is 0.0.0.0.14 (no ``__version__``; the CuPy kernels'
+    generation). False when SpikingJelly has not been imported."""
+    sj = sys.modules.get("spikingjelly")
+    if sj is None:
+        return False
+    version = getattr(sj, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as dist_version
+
+            version = dist_version("spikingjelly")
+        except Exception:  # not installed as a distribution
+            version = ""
+    return str(version).startswith("0.0.0.0.")
+
+
+def available(y: Tensor, surrogate, mode: str) -> tuple[bool, str]:
+    if not y.is_cuda:
+        return False, "the CuPy kernels need CUDA tensors"
+    if y.dtype not in DTYPES:
+        return False, f"the CuPy kernels run fp32 state for fp32/fp16/bf16, not {y.dtype}"
+    if not spikingjelly_is_legacy():
+        return False, "the CuPy kernels need SpikingJelly 0.0.0.0.14 (auto_cuda)"
+    if importlib.util.find_spec("cupy") is None:
+        return False, "CuPy is not installed"
+    if mode == Mode.E and surrogate_codes(surrogate) is None:
+        return False, (f"surrogate {type(surrogate).__name__} has no CUDA code "
+                       "(SpikingJelly 0.0.0.0.14 cuda_codes)")
+    return True, ""
+
+
+def scan(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
+         scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool,
+         spikes: bool):
+    if mode == Mode.F:
+        return torch_scan.f_by_steps(y, acc0, lam=lam, theta=theta, scale=scale, c=c, grad=grad,
+                                     forward=_forward, step=step)
+    acc = CupyScan.apply(y, acc0, lam, theta, scale, surrogate)
+    return acc.to(y.dtype), acc[-1].detach(), None
+
+
+def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
+             scale: Optional[float]) -> Tensor:
+    return CupyScan.apply(y, acc0, lam, theta, scale, None)
+
+
+step = torch_scan.step
 
 
 @functools.lru_cache(maxsize=None)

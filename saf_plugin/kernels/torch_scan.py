@@ -1,7 +1,10 @@
-"""The SAF multi-step scan in plain PyTorch: a custom autograd Function whose forward is
-bit-identical to :func:`saf_plugin.core.saf_e_step` applied step by step (the oracle) and whose
-backward agrees with it to rounding, saving one tensor z[t] = u[t] − θ per step instead of a
-graph per step.
+"""Backend ``"torch"``: the SAF scan and step in plain PyTorch, everywhere.
+
+The step is the oracle itself (:func:`saf_plugin.core.lif_spike` and
+:func:`~saf_plugin.core.accumulate_step`; :func:`~saf_plugin.core.saf_f_step` for SAF-F). The
+scan is a custom autograd Function whose forward is bit-identical to the oracle applied step by
+step and whose backward agrees with it to rounding, saving one tensor z[t] = u[t] − θ per step
+instead of a graph per step.
 
 Forward, per step (â[−1] = 0, â[t−1] a constant):
 
@@ -18,7 +21,86 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .. import core
+from ..modes import Mode
+
 Surrogate = Callable[[Tensor], Tensor]
+
+
+def state_dtype(y: Tensor) -> torch.dtype:
+    """The dtype a scan runs its state in: fp64 for fp64 input, else fp32."""
+    return torch.float64 if y.dtype == torch.float64 else torch.float32
+
+
+def available(y: Tensor, surrogate, mode: str) -> tuple[bool, str]:
+    return True, ""
+
+
+def scan(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
+         scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool,
+         spikes: bool):
+    if mode == Mode.F:
+        return f_by_steps(y, acc0, lam=lam, theta=theta, scale=scale, c=c, grad=grad,
+                          forward=_forward, step=step)
+    sd = state_dtype(y)
+    if grad:
+        acc = TorchScan.apply(y, acc0, lam, theta, scale, surrogate, sd)
+    else:
+        acc, _ = forward_scan(y.detach().to(sd), acc0, lam, theta, scale, _fire(surrogate),
+                              save_z=False)
+    return acc.to(y.dtype), acc[-1].detach(), None
+
+
+def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
+         scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
+    y = y * scale if scale is not None else y
+    if mode == Mode.F:
+        return core.saf_f_step(y, acc0, lam, theta, c)[0], None
+    s, _ = core.lif_spike(y, acc0, lam, theta, surrogate)
+    s = s.to(y.dtype)  # (a surrogate may return float32: â keeps y's dtype)
+    return core.accumulate_step(s, acc0, lam), s
+
+
+def f_by_steps(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
+               scale: Optional[float], c: Tensor, grad: bool, forward, step):
+    """The SAF-F scan of ``y`` [T, ...] from a backend's graph-free ``forward(y, acc0, lam, θ,
+    ρ)`` for steps 0..T−2 and its SAF-F ``step`` for the last; returns what ``scan`` returns."""
+    sd = state_dtype(y)
+    T = y.shape[0]
+    head, prev = None, acc0
+    if T > 1:
+        with torch.no_grad():
+            head = forward(y[:-1].detach().to(sd), acc0, lam, theta, scale)
+        prev = head[-1]
+    last = y[-1].to(sd, copy=True)  # a copy: the graph must not keep [T, ...] alive
+    with torch.set_grad_enabled(grad):
+        acc_last, _ = step(last, prev, lam=lam, theta=theta, scale=scale, surrogate=None,
+                           mode=Mode.F, c=c.to(sd), grad=grad)
+    acc = acc_last.unsqueeze(0) if head is None else torch.cat([head, acc_last.unsqueeze(0)])
+    return acc.to(y.dtype), acc_last.detach(), None
+
+
+def _clamp_grad_at_zero() -> bool:
+    """Asked of autograd once, at import, which may happen inside a model's first forward:
+    outside any inference mode, no-grad block or user mode."""
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes(), torch._C.DisableTorchFunction(), \
+            torch.inference_mode(False), torch.enable_grad():
+        x = torch.zeros((), requires_grad=True)
+        (g,) = torch.autograd.grad(torch.clamp(x, min=0.0), x)
+        return bool(g == 1)
+
+
+# Whether this torch gives clamp(x, min=0) the gradient 1 at x = 0, as releases before its
+# minimum-norm subgradient rule did (newer ones give 0). SAF-F's gradient at ρY = 0 is that of
+# the Spike Representation's clamp (core.spike_representation): the fused backwards follow it.
+CLAMP_GRAD_AT_ZERO = _clamp_grad_at_zero()
+
+
+def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
+             scale: Optional[float]) -> Tensor:
+    return forward_scan(y, acc0, lam, theta, scale, core.heaviside, save_z=False)[0]
 
 
 def forward_scan(y32: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
