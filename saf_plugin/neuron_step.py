@@ -112,6 +112,7 @@ def step(x: Tensor, decay_in: float, st: NeuronState, p: NeuronParams, mode: str
                                    input_scale=p.input_scale, surrogate=p.surrogate, mode=mode,
                                    c=c, backend=p.backend)
         st.acc = acc.detach()
+        st.drive, st.drive_scale = x, p.input_scale  # (the membrane, when read: ρ Y − θ â)
         return acc, spikes
     y = x
     if p.decay_param is not None or decay_in != p.decay:

@@ -159,7 +159,7 @@ def _keep_membrane(m: nn.Module, rt, st, p: NeuronParams) -> None:
         st.drive = st.accs = None  # (the call's [T, ...] tensors are not kept past it)
         m.__dict__.pop("_saf_v", None)
         return
-    m.__dict__["_saf_v"] = _Pending(st.drive, st.accs, theta, detach, st.dtype)
+    m.__dict__["_saf_v"] = _Pending(st.drive, st.drive_scale, st.accs, theta, detach, st.dtype)
     if getattr(m, "store_v_seq", False) and hasattr(m, "_append_v_seq"):
         m._append_v_seq(_membrane_on_read(m))
 
@@ -168,12 +168,12 @@ class _Pending:
     """What a step-mode-'s' neuron's membrane is computed from when read; copied and pickled
     without its autograd graph (as a detached state)."""
 
-    def __init__(self, drive, accs, theta, detach, dtype):
-        self.drive, self.accs, self.theta, self.detach, self.dtype = (
-            drive, accs, theta, detach, dtype)
+    def __init__(self, drive, scale, accs, theta, detach, dtype):
+        self.drive, self.scale, self.accs, self.theta, self.detach, self.dtype = (
+            drive, scale, accs, theta, detach, dtype)
 
     def membrane(self):
-        st = neuron_step.NeuronState(drive=self.drive, accs=self.accs)
+        st = neuron_step.NeuronState(drive=self.drive, drive_scale=self.scale, accs=self.accs)
         return _low(neuron_step.membrane(st, self.theta, self.detach, False), self.dtype)
 
     def __getstate__(self):
