@@ -81,7 +81,8 @@ class Routes:
         if name in _RANDOM_INPLACE:  # a tagged tensor overwritten with random draws
             self._own(args[0], self.reps[args[0]])
             return self._made(func(*args, **kwargs), flat)
-        if self.undo is not None and name.endswith("_") and flat and flat[0] in self.buffers:
+        if (self.undo is not None and name.endswith("_") and flat and self.buffers is not None
+                and flat[0] in self.buffers):
             self.undo.append((flat[0], flat[0].detach().clone()))  # (BatchNorm's counter)
         if name == "batch_norm" and self.undo is not None:
             self._keep_statistics(args, kwargs)

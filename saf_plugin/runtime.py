@@ -74,7 +74,7 @@ class Runtime(Routes, LinearRoutes):
         self.own_time = False  # step mode 'm': the model makes its time axis from a static input
         self._series: dict[tuple, Tensor] = {}
         self.undo: Optional[list] = None  # (buffer, its value) before this call changed it
-        self.buffers = WeakIdKeyDictionary({b: True for b in root.buffers()})
+        self.buffers: Optional[WeakIdKeyDictionary] = None  # the model's buffers (at its first call)
         self.copied_mid_sequence = False  # a deep copy or unpickled copy of a running model
 
     def default_decay(self) -> float:
@@ -110,6 +110,8 @@ class Runtime(Routes, LinearRoutes):
                                if isinstance(getattr(m, "step_mode", None), str)), "s")
         fresh = [a.is_fresh(m) for m, a in zip(self.neurons, self.adapters)]
         tensors = [x for x in tree_flatten(args)[0] if torch.is_tensor(x)]
+        if self.buffers is None:
+            self.buffers = WeakIdKeyDictionary({b: True for b in self.root.buffers()})
         if self.step_mode == "m":
             if not tensors or tensors[0].dim() == 0:
                 raise ValueError("in step mode 'm' the model's input must be [T, B, ...]")
