@@ -79,6 +79,8 @@ class Spec:
               override them are not covered by this spec).
     methods:  extra methods of the module's SAF class (e.g. a cache that is only valid because
               SAF runs the layer on constant weights within a sequence).
+    applies:  module -> bool: whether the spec covers this instance (None: every instance of
+              the class); where it does not, the search goes on up the MRO.
     """
 
     role: Role
@@ -89,6 +91,7 @@ class Spec:
     fix: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
     methods: dict[str, Callable] = field(default_factory=dict)
+    applies: Optional[Callable[[nn.Module], bool]] = None
 
 
 _REGISTRY: dict[type, Spec] = {}
@@ -126,13 +129,15 @@ def load_adapters() -> None:
             importlib.import_module(adapter)
 
 
-def lookup_class(cls: type) -> Optional[Spec]:
+def lookup_class(cls: type, module: Optional[nn.Module] = None) -> Optional[Spec]:
     """The spec of ``cls`` (see :func:`lookup`)."""
     load_adapters()
     cls = getattr(cls, "_saf_base", cls)
     for klass in cls.__mro__:
         spec = _REGISTRY.get(klass)
         if spec is None:
+            continue
+        if module is not None and spec.applies is not None and not spec.applies(module):
             continue
         if all(getattr(cls, n, None) is getattr(klass, n, None) for n in spec.dynamics):
             return spec
@@ -145,4 +150,4 @@ def lookup(module: nn.Module) -> Optional[Spec]:
     A subclass that overrides one of a spec's ``dynamics`` methods is not covered by it; the
     search goes on up the MRO (to a library's catch-all base class, if registered).
     """
-    return lookup_class(type(module))
+    return lookup_class(type(module), module)

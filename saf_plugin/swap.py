@@ -8,6 +8,7 @@ the engine of :mod:`saf_plugin.runtime`). SAF state lives in attributes that
 
 from __future__ import annotations
 
+import copy
 import sys
 import warnings
 from typing import Optional
@@ -49,11 +50,21 @@ def invalidate_reset_cache(net: nn.Module) -> None:
 
 
 def root_class(cls: type) -> type:
-    """The model itself: its forward runs under the engine."""
+    """The model itself: its forward runs under the engine; a deep copy copies the state a
+    step left with its autograd graph (a membrane, a neuron's per-step state) detached."""
     def forward(self, *args, **kwargs):
         return engine.entry()(self._saf_rt, self, cls.forward, args, kwargs)
 
-    return _classes.make("root", cls, {"forward": forward})
+    return _classes.make("root", cls, {"forward": forward, "__deepcopy__": _deepcopy})
+
+
+def _deepcopy(self, memo):
+    for m in self.modules():
+        for d in (m.__dict__, m._buffers, m.__dict__.get("_memories") or {}):
+            for v in d.values():
+                if torch.is_tensor(v) and v.grad_fn is not None and id(v) not in memo:
+                    memo[id(v)] = v.detach().clone()
+    return copy._reconstruct(self, memo, *self.__reduce_ex__(4))
 
 
 def method_class(cls: type, methods: dict) -> type:

@@ -138,7 +138,6 @@ def _forward(self, x, *args, **kwargs):
         self._memories["saf_acc"] = _FIRED
     if record:
         self.v_seq = torch.cat(v_seq)
-    _detach_memories(self)  # (and the module holds no graph: deepcopy, pickling)
     return out
 
 
@@ -263,6 +262,8 @@ def judge_neuron(m: nn.Module):
         return ("exact", "closed form: soft-reset neuron, spikes from accumulations", "")
     if isinstance(m, RECURRENT):
         why = "a recurrent container (its weights and neuron inside run on per-step values)"
+    elif not isinstance(m, neuron.BaseNode):
+        why = f"{type(m).__name__}'s own step (a memory module SAF has no closed form for)"
     elif getattr(m, "v_reset", None) is not None:
         why = f"hard reset (v_reset={m.v_reset})"
     else:
@@ -305,16 +306,18 @@ for _cls in RECURRENT:
     register(_cls, Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=()))
 
 
-def judge_unknown_state(m: nn.Module):
-    name = type(m).__name__
-    return ("unsupported",
-            f"{name} is a stateful SpikingJelly module (a memory module that is not a neuron, "
-            "BaseNode) whose dynamics SAF does not know",
-            f"if it is a neuron, declare it: saf_plugin.register_neuron({name}, decay=...) "
-            "(docs/extending.md)")
+def _leaf_state(m: nn.Module) -> bool:
+    """A memory module with no memory modules inside it (a neuron SpikingJelly does not derive
+    from BaseNode, a synapse filter, a user's state): it runs per step as one whole. One that
+    holds neurons is walked into instead: its neurons are converted one by one."""
+    return not any(isinstance(c, base.MemoryModule) for c in m.modules() if c is not m)
 
 
-register(base.MemoryModule, Spec("stateful", judge=judge_unknown_state, dynamics=()))
+# Any other memory module (SimpleBaseNode subclasses such as the NonSpikingLIFNode readouts of
+# the reinforcement-learning examples, SynapseFilter, a repository's own neuron) runs its own
+# step per step on its per-step input, its memories detached before every step (OTTT's rule).
+register(base.MemoryModule, Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=(),
+                                 applies=_leaf_state))
 
 
 def fix_maxpool(m: nn.Module):
