@@ -160,9 +160,9 @@ def test_monitors_and_pre_hooks_on_neurons_see_plain_values(float64, step_mode, 
 
 @pytest.mark.xfail(strict=True, reason=(
     "main 35d8858: SAF-F's first call runs a probe on a deep copy of the model, and the copy "
-    "keeps the user's forward hooks, so every monitor records that call twice (2 neurons, T = 5: "
-    "12 records for 10 plain in step mode 's', 4 for 2 in 'm'); later sequences record the plain values (issue 19, "
-    "'What to build' 9: no user hook fires on a probe copy)"))
+    "keeps the user's forward hooks, so every monitor records that call twice (2 neurons, "
+    "T = 5: 12 records for 10 plain in step mode 's', 4 for 2 in 'm'); later sequences record "
+    "the plain values (issue 19, 'What to build' 9: no user hook fires on a probe copy)"))
 @pytest.mark.parametrize("step_mode", STEP_MODES)
 def test_monitors_under_saf_f_record_the_plain_values_on_the_first_sequence(float64, step_mode):
     """SAF-F: a monitor attached to the converted model records, over its first sequence,
