@@ -45,7 +45,8 @@ class Rep:
     chain: tuple = ()
     time: Optional[tuple] = None
     site: Any = None
-    raw: bool = False  # derived from the network input through no neuron (a time loop's input)
+    raw: bool = False  # the network input, through no linear map or neuron (a loop's input)
+    early: bool = False  # derived from the network input through no neuron
     sites: tuple = ()  # the linear sites an ACC went through since its last neuron
     fout: bool = False  # SAF-F outputs collected over steps: only the model's output
     fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
@@ -55,7 +56,8 @@ class Rep:
 class Site:
     """The state of one operation position in a step."""
 
-    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv", "time")
+    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv", "recv_from",
+                 "time")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
@@ -63,6 +65,7 @@ class Site:
         self.out_prev: Optional[Tensor] = None
         self.needs_prev = False
         self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
+        self.recv_from = None  # that neuron (the module)
         self.time = None  # step mode 'm': the time layout of its output in this call
 
     def clear(self) -> None:

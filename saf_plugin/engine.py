@@ -18,6 +18,7 @@ import torch
 import torch.utils.checkpoint as _ckpt
 from torch import nn
 from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from .dataflow import Refusal, module_path
 from .errors import Finding, SAFError, SAFIncompatibleError
@@ -74,30 +75,95 @@ def no_checkpoint(whole: bool = False) -> None:
         "backward at every step keeps one step's graph)"))
 
 
-def _probe(rt, args: tuple, kwargs: dict) -> None:
-    """SAF-F's first call: run a copy of the model once, so that an operation SAF-F cannot
-    take is refused before the model itself runs (and before any output)."""
-    from copy import deepcopy
+def _probe(rt, args: tuple, kwargs: dict, sig) -> None:
+    """Learn, before the model itself runs, what only its data flow shows, on copies of the
+    model run without autograd (their hooks removed, the random state put back):
 
-    rt.probed = True
-    probe = deepcopy(rt.root)
-    probe.__dict__["_saf_rt"].probed = True
+    - SAF-F: an operation SAF-F cannot take is refused before any output;
+    - step mode 'm' (a call of a new signature, :meth:`Runtime.signature`): which dimension
+      of the input is time (dim 0 if it reaches the neurons' time axis, dim 0 of their input,
+      through operations that keep it; else another dim of T rows that does; else none: the
+      input is then a per-step value without a time axis the linear maps could accumulate
+      along), the number of steps, and the neuron each linear map feeds (its weights then see
+      the trace with that neuron's decay from the first call on: OTTT's rule).
+    """
     cpu = torch.random.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
-        with torch.no_grad():
-            probe(*deepcopy(args), **deepcopy(kwargs))
+        if rt.mode == Mode.F and not rt.probed:
+            rt.probed = True
+            _run_copy(rt, args, kwargs, None)
+        if sig is not None and sig not in rt.learned:
+            rt.learned[sig] = _learn(rt, args, kwargs)
     except SAFIncompatibleError:
         from .swap import revert
 
         revert(rt.root)
         raise
-    except Exception:  # noqa: BLE001 - anything else shows up again in the real call
-        pass
     finally:
         torch.random.set_rng_state(cpu)
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
+
+
+def _learn(rt, args, kwargs):
+    """Step mode 'm': the input dim that is time (dim 0 first, then the others of T rows, T the
+    first neuron's steps), tested on copies; then, on a copy, the neuron each linear map feeds."""
+    x = next((a for a in tree_flatten(args)[0] if torch.is_tensor(a)), None)
+    if x is None or x.dim() == 0:
+        return None
+    steps = None
+    for dim in range(x.dim()):
+        if dim and (steps is None or x.shape[dim] != steps):
+            continue
+        got = _run_copy(rt, args, kwargs, (dim, x.shape[dim]))
+        if got is None:
+            return None
+        steps = got.steps
+        if got.confirmed:
+            return got
+    if steps is None:
+        return None
+    return _run_copy(rt, args, kwargs, (None, steps))  # no input dim is time
+
+
+def _run_copy(rt, args, kwargs, time_dim):
+    """Run a copy of the model on copies of the arguments (no autograd, no hooks, its state
+    reset); ``time_dim``: (the input dim taken as time, its size) to test. Returns what the
+    copy learned (:class:`saf_plugin.runtime.Learned`), or None if it failed (the real call
+    then shows the error)."""
+    from copy import deepcopy
+
+    from .training import reset_state
+
+    probe = deepcopy(rt.root)
+    for m in probe.modules():
+        for hooks in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
+                      "_backward_pre_hooks"):
+            if getattr(m, hooks, None):
+                setattr(m, hooks, type(getattr(m, hooks))())
+    prt = probe.__dict__["_saf_rt"]
+    prt.probed = True
+    prt.probing = time_dim if time_dim is not None else False
+    reset_state(probe)
+    from torch.nn.modules import module as _m
+
+    saved = (_m._global_forward_pre_hooks, _m._global_forward_hooks)
+    _m._global_forward_pre_hooks, _m._global_forward_hooks = type(saved[0])(), type(saved[1])()
+    try:
+        with torch.no_grad():
+            probe(*deepcopy(args), **deepcopy(kwargs))
+    except SAFIncompatibleError:
+        if time_dim is not None and time_dim[0] is not None:
+            return prt.lesson(rt)  # (refused under a wrong guess of the time dim)
+        raise
+    except Exception:  # noqa: BLE001 - anything else shows up again in the real call
+        if prt.stopped:
+            return prt.lesson(rt)
+        return None
+    finally:
+        _m._global_forward_pre_hooks, _m._global_forward_hooks = saved
+    return prt.lesson(rt)
 
 
 def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
@@ -105,8 +171,10 @@ def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
     through :func:`entry`)."""
     if rt.active:
         return forward(module, *args, **kwargs)
-    if rt.mode == Mode.F and not rt.probed:
-        _probe(rt, args, kwargs)
+    sig = rt.signature(args) if not rt.probing else None
+    if not rt.probing and ((rt.mode == Mode.F and not rt.probed) or (
+            sig is not None and sig not in rt.learned)):
+        _probe(rt, args, kwargs, sig)
     rt.active = True
     if not rt.started and rt.snapshot is None:
         rt.snapshot = [(m, k, b if b is None else b.clone()) for m in rt.root.modules()
@@ -114,7 +182,7 @@ def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
     rt.undo = []
     try:
         no_checkpoint(whole=True)
-        rt.begin(args)
+        rt.begin(args, sig)
         with _Mode(rt):
             out = forward(module, *args, **kwargs)
         out = rt.output(out)

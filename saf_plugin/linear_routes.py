@@ -143,6 +143,7 @@ class LinearRoutes:
         up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
                    for u in self.reps[a].sites if self.reps[a].kind == ACC)
         site.time = time
+        early = all(self.reps[a].early for a in inputs if torch.is_tensor(a) and a in self.reps)
         if self.learning or site.needs_prev:
             if self.step_mode == "s":
                 site.out_prev = out.detach()
@@ -150,7 +151,7 @@ class LinearRoutes:
                 d, inner = time
                 site.out_prev = out.detach().unflatten(d, (self.steps, inner)).select(d, -1)
         self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=None, prev=prev,
-                             time=time, site=site, raw=raw, sites=(site, *up))
+                             time=time, site=site, raw=raw, sites=(site, *up), early=early)
         return out
 
     def _batch_norm(self, func, name, args, kwargs):
@@ -211,8 +212,9 @@ class LinearRoutes:
                     return NotImplemented  # a constant that changes along time: per step
         site = self.site(name, args)
         self._note(site.where, name, "on accumulations")
-        lam = site.recv if site.recv is not None and self.step_mode == "s" else (
-            decays.pop() if decays else None)
+        lam = self.receiver_decay(site)
+        if lam is None:
+            lam = decays.pop() if decays else None
         vals = self._consts(list(args))
         for i, a in enumerate(args):
             if tagged[i]:

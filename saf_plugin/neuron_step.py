@@ -227,7 +227,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     st = rt.slot(module, NeuronState)
     rt.paused += 1
     try:
-        y, decay_in = rt.neuron_input(x, p.decay, st)
+        y, decay_in = rt.neuron_input(x, p.decay, st, module)
         mode = rt.mode
         c = rt.series(p.decay, like=y) if mode == Mode.F else None
         prev = st.acc
@@ -304,7 +304,7 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
     rt.slot(module, NeuronState)  # one call per step (a second call would share the state)
     rt.paused += 1
     try:
-        current = rt.neuron_current(x, lam)
+        current = rt.neuron_current(x, lam, module)
         if rt.step_mode == "s":
             out = one_step(current)
         else:

@@ -67,6 +67,8 @@ class Routes:
                 return s
         s = Site(key, user_frame())
         s.needs_prev = not self.learning  # learnt in the first call; later sites keep prev
+        if self.lesson_now is not None:  # step mode 'm': the neuron it feeds, from the probe
+            s.recv_from = self.lesson_now.receivers.get(k)
         self.sites.append(s)
         return s
 
@@ -239,7 +241,7 @@ class Routes:
         if not self.own_time or self.steps != out.shape[0]:
             self.own_time, self.steps = True, out.shape[0]
             self.new_sequence()
-        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, time=(0, 1))
+        self.reps[out] = Rep(STEP, self.call, self.t, raw=True, time=(0, 1), early=True)
         return out
 
     def _shape(self, func, name, args, kwargs):
@@ -309,11 +311,13 @@ class Routes:
         out = func(*tree_map(value, args), **tree_map(value, kwargs))
         if fbad is None:
             fbad = next((r.fbad for r in reps if r.fbad), None)
+        early = all(r.early for r in reps)
         for o in tree_flatten(out)[0]:
             if torch.is_tensor(o):
                 time = (self._step_time(name, args, kwargs, tagged, reps, o)
                         if self.step_mode == "m" else None)
-                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, time=time)
+                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, time=time,
+                                   early=early)
         return out
 
     def _step_time(self, name, args, kwargs, tagged, reps, out: Tensor):
@@ -403,7 +407,9 @@ class Routes:
         fbad = next((self.reps[a].fbad for a in tagged if self.reps[a].fbad),
                     None if rep is None else rep.fbad)
         self.reps[x] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad,
-                           time=None if rep is None else rep.time)
+                           time=None if rep is None else rep.time,
+                           early=all(self.reps[a].early for a in tagged) and (
+                               rep is None or rep.early))
         return x if name == "copy_" else out
 
     def _own(self, x: Tensor, rep: Rep) -> None:
@@ -421,7 +427,8 @@ class Routes:
         ptr = x.untyped_storage().data_ptr()
         for t, r in list(self.reps.items()):
             if r.kind != STEP and t.untyped_storage().data_ptr() == ptr:
-                self.reps[t] = Rep(STEP, r.call, r.seq, time=r.time, raw=r.raw, fbad=r.fbad)
+                self.reps[t] = Rep(STEP, r.call, r.seq, time=r.time, raw=r.raw, fbad=r.fbad,
+                                   early=r.early)
 
     def _unalias(self, x: Tensor) -> None:
         """Before x is overwritten in place: state that shares its storage gets a copy."""

@@ -21,6 +21,7 @@ per-step value the model's dtype (``high``/``low`` in ``saf_plugin/linear_routes
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
@@ -38,6 +39,23 @@ from .routes import Routes
 
 
 # --------------------------------------------------------------------------- the runtime
+
+
+@dataclass
+class Learned:
+    """What a probe (``saf_plugin/engine.py``, ``_probe``) learnt of one call signature in step
+    mode 'm': the input's time layout (None: the input has no time axis SAF can use), the steps
+    T of a call, the neuron (its path) each linear site feeds, by site index, and whether the
+    guessed input time reached every neuron fed from the input as its time axis."""
+
+    input_time: Optional[tuple]
+    steps: int
+    receivers: dict
+    confirmed: bool
+
+
+class _StopProbe(Exception):
+    """A probe learnt what it tested (a neuron got another time axis than guessed)."""
 
 
 class Runtime(Routes, LinearRoutes):
@@ -76,6 +94,36 @@ class Runtime(Routes, LinearRoutes):
         self.undo: Optional[list] = None  # (buffer, its value) before this call changed it
         self.buffers: Optional[WeakIdKeyDictionary] = None  # the model's buffers (at its first call)
         self.copied_mid_sequence = False  # a deep copy or unpickled copy of a running model
+        self.adapter_of = {id(m): a for m, a in zip(neurons, adapters)}
+        self.learned: dict = {}  # step mode 'm': call signature -> Learned (engine._probe)
+        self.lesson_now: Optional[Learned] = None  # what the current call uses
+        self.probing = False   # a probe copy: False, or (input dim guessed as time, its size)
+        self.stopped = False   # a probe stopped early (it learnt what it tested)
+        self.seen: list = []   # a probe: (time layout, rows) of each neuron input from the input
+
+    def model_step_mode(self) -> str:
+        return next((m.step_mode for m in self.neurons
+                     if isinstance(getattr(m, "step_mode", None), str)), "s")
+
+    def signature(self, args: tuple):
+        """Step mode 'm': what a probe's findings depend on (input shapes, training flags);
+        None in step mode 's' (the first step learns by itself)."""
+        if self.model_step_mode() != "m":
+            return None
+        shapes = tuple(tuple(x.shape) for x in tree_flatten(args)[0] if torch.is_tensor(x))
+        return shapes, tuple(m.training for m in self.root.modules())
+
+    def lesson(self, real: "Runtime") -> Learned:
+        """A probe's findings, with the real model's neurons in place of the copy's."""
+        paths = {id(m): getattr(m, "_saf_path", None) for m in self.neurons}
+        real_by_path = {getattr(m, "_saf_path", None): m for m in real.neurons}
+        receivers = {k: real_by_path.get(paths.get(id(s.recv_from)))
+                     for k, s in enumerate(self.sites) if s.recv_from is not None}
+        dim = self.probing[0] if self.probing else None
+        confirmed = bool(self.seen) and all(t == (0, 1) and rows == self.steps
+                                            for t, rows in self.seen)
+        steps = self.seen[0][1] if self.seen else self.steps
+        return Learned(None if dim is None else (dim, 1), steps, receivers, confirmed)
 
     def default_decay(self) -> float:
         """λ of the model's first neuron: per-step inputs of linear maps are accumulated with
@@ -105,17 +153,27 @@ class Runtime(Routes, LinearRoutes):
 
     # ----------------------------------------------------------------- steps and sequences
 
-    def begin(self, args: tuple) -> None:
-        self.step_mode = next((m.step_mode for m in self.neurons
-                               if isinstance(getattr(m, "step_mode", None), str)), "s")
+    def begin(self, args: tuple, sig=None) -> None:
+        self.step_mode = self.model_step_mode()
         fresh = [a.is_fresh(m) for m, a in zip(self.neurons, self.adapters)]
         tensors = [x for x in tree_flatten(args)[0] if torch.is_tensor(x)]
         if self.buffers is None:
             self.buffers = WeakIdKeyDictionary({b: True for b in self.root.buffers()})
+        input_time = None
         if self.step_mode == "m":
             if not tensors or tensors[0].dim() == 0:
                 raise ValueError("in step mode 'm' the model's input must be [T, B, ...]")
-            steps = self.steps if self.own_time else tensors[0].shape[0]
+            if self.probing:
+                dim, steps = self.probing
+                input_time = None if dim is None else (dim, 1)
+                self.lesson_now = None
+            else:
+                self.lesson_now = self.learned.get(sig)
+                input_time = (0, 1) if self.lesson_now is None else self.lesson_now.input_time
+                steps = (self.lesson_now.steps if input_time is None and self.lesson_now
+                         else tensors[0].shape[input_time[0]])
+            if self.own_time:
+                steps = self.steps
         else:
             steps = 1
         for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
@@ -176,10 +234,8 @@ class Runtime(Routes, LinearRoutes):
         self.decay = self.default_decay()
         if self.accumulate is not None:
             self.dtype = self.model_dtype(tensors)
-        for x in tensors:  # step mode 'm': time is dim 0 of an input with T rows
-            time = (0, 1) if (self.step_mode == "m" and x.dim() > 0
-                              and x.shape[0] == self.steps) else None
-            self.tag(x, STEP, raw=True, time=time)
+        for i, x in enumerate(tensors):  # step mode 'm': the first input's time, as learnt
+            self.tag(x, STEP, raw=True, early=True, time=input_time if i == 0 else None)
 
     def new_sequence(self) -> None:
         self.t = 0
@@ -314,8 +370,8 @@ class Runtime(Routes, LinearRoutes):
         'm' along the operand's time layout, which the route has checked)."""
         rep = self.reps.get(x)
         fresh = rep is not None and rep.call == self.call
-        if lam is None and site.recv is not None and self.step_mode == "s":
-            lam = site.recv  # accumulate with the receiver's decay: OTTT's trace
+        if lam is None:
+            lam = self.receiver_decay(site)  # accumulate with the receiver's: OTTT's trace
         if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam):
             acc = x if rep.kind == ACC or rep.acc is None else rep.acc
             acc = self.high(acc)
@@ -384,7 +440,7 @@ class Runtime(Routes, LinearRoutes):
         if v is x:  # the first step: an accumulation is its own per-step value
             return x
         self.reps[v] = Rep(STEP, self.call, self.t, time=rep.time, raw=rep.raw, fbad=rep.fbad,
-                           origin=x)
+                           origin=x, early=rep.early)
         return v
 
     def _origin(self, x):
@@ -394,7 +450,7 @@ class Runtime(Routes, LinearRoutes):
             return rep.origin, self.reps[rep.origin]
         return x, rep
 
-    def neuron_input(self, x: Tensor, lam: float, st) -> tuple[Tensor, float]:
+    def neuron_input(self, x: Tensor, lam: float, st, module=None) -> tuple[Tensor, float]:
         """(Y, λ_in): the neuron's input current as an accumulation, and its decay.
 
         A per-step current (or a tensor of an earlier step) is accumulated with the neuron's
@@ -404,6 +460,8 @@ class Runtime(Routes, LinearRoutes):
         x, rep = self._origin(x)
         if rep is not None and rep.fbad:
             raise self._f_refusal(rep.fbad)
+        if self.probing and rep is not None and rep.early:
+            self._probe_sees(rep, x)
         if self.step_mode == "m" and torch.is_tensor(x) and x.dim() > 0 and (
                 x.shape[0] != self.steps):
             raise Refusal(Finding(
@@ -414,8 +472,7 @@ class Runtime(Routes, LinearRoutes):
                 "with SeqToANNContainer)"))
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE) and (
                 self.step_mode == "s" or rep.time == (0, 1)):
-            for s in rep.sites:
-                s.recv = lam
+            self._receives(rep, lam, module)
             return self.high(x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
         v = x if rep is None else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
@@ -429,7 +486,32 @@ class Runtime(Routes, LinearRoutes):
             st.cur_acc = y[-1].detach()
         return y, lam
 
-    def neuron_current(self, x, lam: float):
+    def _probe_sees(self, rep: Rep, x: Tensor) -> None:
+        """A probe: a neuron fed from the input gets (layout, rows); stop at a contradiction
+        (the guessed input time did not arrive as this neuron's time axis)."""
+        rows = x.shape[0] if x.dim() else 0
+        self.seen.append((rep.time, rows))
+        if self.probing[0] is not None and (rep.time != (0, 1) or rows != self.steps):
+            self.stopped = True
+            raise _StopProbe
+
+    def _receives(self, rep: Rep, lam: float, module) -> None:
+        """The linear maps that made a neuron's input learn the neuron (OTTT's trace: their
+        input is accumulated with its decay; step mode 's' from the next step, 'm' from the
+        next call and, through the probe, the first)."""
+        for s in rep.sites:
+            s.recv = lam
+            s.recv_from = module
+
+    def receiver_decay(self, site: Site) -> Optional[float]:
+        """λ of the neuron a linear site feeds, if known (read now: a learnable decay)."""
+        if self.step_mode == "s":
+            return site.recv
+        if site.recv_from is None:
+            return None
+        return self.adapter_of[id(site.recv_from)].lam(site.recv_from)
+
+    def neuron_current(self, x, lam: float, module=None):
         """I[t]: a per-step neuron's input current as per-step values (an accumulation is
         de-accumulated, a tensor of an earlier step detached). The linear maps that feed it
         accumulate with its λ from the next step on (in step mode 's'), so their weights see
@@ -437,11 +519,12 @@ class Runtime(Routes, LinearRoutes):
         x, rep = self._origin(x)
         if rep is None:
             return x
+        if self.probing and rep.early and self.step_mode == "m":
+            self._probe_sees(rep, x)
         if rep.fbad:
             raise self._f_refusal(rep.fbad)
         if rep.call == self.call and rep.kind in (ACC, SPIKE):
-            for s in rep.sites:
-                s.recv = lam
+            self._receives(rep, lam, module)
         v = self.step_value(x, rep)
         return v.detach() if rep.call != self.call else v
 

@@ -160,7 +160,7 @@ def _forward(self, input_, mem=None):
     lam = p.decay
     rt.paused += 1
     try:
-        y, decay_in = rt.neuron_input(input_, lam, st)
+        y, decay_in = rt.neuron_input(input_, lam, st, self)
         c = rt.series(lam, like=y)[0] if rt.mode == Mode.F else None
         out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
                                                            None if fresh else self.mem)
