@@ -141,14 +141,25 @@ def test_switching_off_mid_sequence_continues_like_the_plain_model(kind, step_mo
     assert_same_spikes(rec.seq(step_mode), ref_spikes)
 
 
-@pytest.mark.parametrize("kind,step_mode", KINDS)
-def test_switching_on_again_mid_sequence_is_exact_or_refused_until_reset(kind, step_mode):
-    """SAF-E for K steps, then set_saf(net, "E") again: the next call either continues exactly
-    like the plain model or raises SAFStateError (saying to reset); after
-    functional.reset_net the whole sequence is exact (fe87f08 continued, off by 0.30)."""
+_DEEPCOPY_CRASH = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
+    "main 5c1f187 (regression; 35d8858 raised SAFStateError): in step mode 'm' the first call "
+    "after set_saf learns on a deep copy of the model, and a membrane left mid-sequence with "
+    "an autograd graph cannot be deep-copied: RuntimeError 'Only Tensors created explicitly "
+    "by the user (graph leaves) support the deepcopy protocol', the model left switched"))
+SWITCH_ON = [pytest.param(kind, sm, first, id=f"{kind}-{sm}-after-{first or 'plain'}",
+                          marks=[_DEEPCOPY_CRASH] if sm == "m" else [])
+             for kind, sm in (p.values for p in KINDS) for first in ("E", None)]
+
+
+@pytest.mark.parametrize("kind,step_mode,first", SWITCH_ON)
+def test_switching_on_mid_sequence_is_exact_or_refused_until_reset(kind, step_mode, first):
+    """K steps under SAF-E (or plainly: ``first`` None), then set_saf(net, "E"): the next call
+    either continues exactly like the plain model or raises SAFStateError (saying to reset);
+    after functional.reset_net the whole sequence is exact (fe87f08 continued a closed-form
+    model under SAF-E again: off by 0.30)."""
     net, x = build(kind, step_mode)
     ref = plain_with_rates(net, x, step_mode)[0]
-    saf_plugin.set_saf(net, "E")
+    saf_plugin.set_saf(net, first)
     try:
         refused = []
 
@@ -166,6 +177,7 @@ def test_switching_on_again_mid_sequence_is_exact_or_refused_until_reset(kind, s
             assert "reset" in str(refused[0]), str(refused[0])
         else:
             compare([got], [ref], x.dtype)
+        assert saf_plugin.saf_mode(net) == "E"
         compare(run_seq(net, x, step_mode), [ref], x.dtype)  # after a reset: exact
     finally:
         saf_plugin.set_saf(net, None)
@@ -414,10 +426,10 @@ class SpareNeuron(nn.Module):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "main 35d8858: step 0 returns an exact output, then step 1 raises SAFStateError 'some "
-    "neurons of the model were reset and others were not' (the model was reset with "
-    "functional.reset_net; the cause is the neuron that never runs) and leaves the model "
-    "switched (harness outcome: runtime-error after 1 call)"))
+    "main 35d8858 and 5c1f187: step 0 returns an exact output, then step 1 raises "
+    "SAFStateError 'some neurons of the model were reset and others were not' (the model "
+    "was reset with functional.reset_net; the cause is the neuron that never runs) and "
+    "leaves the model switched (harness outcome: runtime-error after 1 call)"))
 def test_a_neuron_the_forward_never_calls_does_not_break_a_sequence():
     """Exact, or refused before any output (switched back) naming the unused neuron."""
     def build(step_mode):

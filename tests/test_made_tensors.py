@@ -199,17 +199,18 @@ class CalledTwice(nn.Module):
         return h if self.how == "sum-out" else self.head(self.sn2(self.fc2(h)))
 
 
-_REFUSED_LATE = ("main 35d8858: the first call raises SAFStateError 'an accumulation made at "
-                 "... (in module head) is needed per step, but its previous step was not kept: "
+_REFUSED_LATE = ("main 35d8858 and 5c1f187: the first call raises SAFStateError 'an "
+                 "accumulation made at ... (in module head) is needed per step, but its "
+                 "previous step was not kept: "
                  "... (data-dependent control flow)' -- the wrong module and cause -- and leaves "
                  "the model switched to SAF-E (harness outcome: runtime-error)")
 
 
 @pytest.mark.parametrize("how", [
     pytest.param("sum-out", marks=pytest.mark.xfail(strict=True, reason=(
-        "main 35d8858: silently wrong. sn1(fc1(x) + fc1(x)) runs under SAF-E without error and "
-        "its spikes differ from the plain model's (here 2 spikes, max |diff| 1.0); check() "
-        "calls linear and add exact 'on accumulations'"))),
+        "main 35d8858 and 5c1f187: silently wrong. sn1(fc1(x) + fc1(x)) runs under SAF-E "
+        "without error and its spikes differ from the plain model's (here 2 spikes, max "
+        "|diff| 1.0); check() calls linear and add exact 'on accumulations'"))),
     pytest.param("sum", marks=pytest.mark.xfail(strict=True, reason=_REFUSED_LATE)),
     pytest.param("noise", marks=pytest.mark.xfail(strict=True, reason=_REFUSED_LATE)),
 ])

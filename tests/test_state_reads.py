@@ -158,15 +158,12 @@ def test_monitors_and_pre_hooks_on_neurons_see_plain_values(float64, step_mode, 
     assert_reads_equal(got, ref, f"{what} records")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "main 35d8858: SAF-F's first call runs a probe on a deep copy of the model, and the copy "
-    "keeps the user's forward hooks, so every monitor records that call twice (2 neurons, "
-    "T = 5: 12 records for 10 plain in step mode 's', 4 for 2 in 'm'); later sequences record "
-    "the plain values (issue 19, 'What to build' 9: no user hook fires on a probe copy)"))
 @pytest.mark.parametrize("step_mode", STEP_MODES)
 def test_monitors_under_saf_f_record_the_plain_values_on_the_first_sequence(float64, step_mode):
     """SAF-F: a monitor attached to the converted model records, over its first sequence,
-    exactly what it records on the plain model (no extra records from saf-plugin's probe)."""
+    exactly what it records on the plain model: no extra records from saf-plugin's first-call
+    probe (fe87f08 and 35d8858 ran the probe on a copy that kept the user's hooks: every
+    monitor recorded the first call twice)."""
     net, x = chain(step_mode, False)
     ref = monitored(net, x, step_mode, "attribute")
     got = under(net, "F", lambda: monitored(net, x, step_mode, "attribute"))
