@@ -291,21 +291,22 @@ def runtime_of(module):
     return rt
 
 
-def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any]):
+def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any], whole: bool = False):
     """A neuron without a closed form: ``one_step(I)`` (the neuron's own dynamics for one step,
     its state detached before it runs) on the per-step input current I[t].
 
     x: [B, ...] in step mode 's'; [T, B, ...] in step mode 'm', where ``one_step`` gets one
     step at a time as a sequence of length 1, [1, B, ...] (the neuron's multi-step forward
     then runs as in the plain model). λ is the decay of the trace the weights feeding the neuron
-    see. Returns what ``one_step`` returns (concatenated over T in step mode 'm'), tagged as
-    per-step values.
+    see. ``whole``: in step mode 'm' ``one_step`` gets the whole sequence once (a module whose
+    forward is not a loop of single steps). Returns what ``one_step`` returns (concatenated over
+    T in step mode 'm'), tagged as per-step values.
     """
     rt.slot(module, NeuronState)  # one call per step (a second call would share the state)
     rt.paused += 1
     try:
         current = rt.neuron_current(x, lam, module)
-        if rt.step_mode == "s":
+        if rt.step_mode == "s" or whole:
             out = one_step(current)
         else:
             out = _cat([one_step(current[t:t + 1]) for t in range(current.shape[0])])

@@ -81,6 +81,7 @@ class Runtime(Routes, LinearRoutes):
         self.loop_key = None   # the first linear map of a call: a time loop in forward repeats it
         self.loop_op = 0
         self.slots: dict[int, int] = {}  # neurons that ran in this step
+        self.ran: set[int] = set()  # neurons that ran in this sequence
         self.states: dict[int, Any] = {}  # SAF state per neuron (id), for this sequence
         self.snapshot: Optional[list] = None  # the buffers before the first call
         self.learning = True   # the first call after set_saf learns which sites need prev
@@ -187,7 +188,8 @@ class Runtime(Routes, LinearRoutes):
         if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
             raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
                              "at least one step")
-        reset = self.restart or bool(fresh and all(fresh))
+        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
+        reset = self.restart or bool(fresh and all(fresh)) or bool(ran and all(ran))
         if self.copied_mid_sequence and not reset:
             raise SAFStateError(
                 "this model is a copy (copy.deepcopy, torch.save/load) of a SAF model in the "
@@ -208,7 +210,8 @@ class Runtime(Routes, LinearRoutes):
                 "a sequence the plain model started: reset the model first (spikingjelly: "
                 "functional.reset_net(net))")
         new = not self.started or reset
-        if any(fresh) and not all(fresh) and not self.restart and self.started:
+        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
+        if any(ran) and not all(ran) and not self.restart and self.started:
             raise SAFStateError(
                 "some neurons of the model were reset and others were not; under SAF reset the "
                 "whole model between sequences (spikingjelly: functional.reset_net(net); "
@@ -241,6 +244,7 @@ class Runtime(Routes, LinearRoutes):
         self.t = 0
         self.restart = False
         self.states.clear()
+        self.ran.clear()
         for s in self.sites:
             s.clear()
 
@@ -415,6 +419,7 @@ class Runtime(Routes, LinearRoutes):
                 "give every layer its own neuron object"))
         no_checkpoint()  # a neuron inside torch.utils.checkpoint
         self.slots[id(module)] = 1
+        self.ran.add(id(module))
         if id(module) not in self.states:
             self.states[id(module)] = make()
         return self.states[id(module)]

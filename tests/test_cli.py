@@ -12,7 +12,7 @@ from saf_plugin.cli import main  # noqa: E402
 
 MODELS = textwrap.dedent('''
     from torch import nn
-    from spikingjelly.activation_based import base, layer, neuron
+    from spikingjelly.activation_based import layer, neuron
 
     def good():
         return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None),
@@ -21,17 +21,9 @@ MODELS = textwrap.dedent('''
     def hard_reset():
         return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(), layer.Linear(6, 3))
 
-    class Memory(base.MemoryModule):
-        def __init__(self):
-            super().__init__()
-            self.register_memory("m", 0.0)
-
-        def forward(self, x):
-            self.m = self.m + x
-            return self.m
-
-    def unknown_state():
-        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None), Memory())
+    def mixed_modes():
+        return nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None),
+                             layer.Linear(6, 3), neuron.LIFNode(v_reset=None, step_mode="m"))
 
     def broken():
         raise RuntimeError("no weights file")
@@ -56,9 +48,9 @@ def test_check_exact_model(models, capsys):
 
 
 def test_check_not_exact_exits_nonzero(models, capsys):
-    assert main(["check", "cli_models_mod:unknown_state"]) == 1
+    assert main(["check", "cli_models_mod:mixed_modes"]) == 1
     out = capsys.readouterr().out
-    assert "unsupported" in out and "Memory" in out and "register_neuron" in out
+    assert "unsupported" in out and "step modes" in out and "set_step_mode" in out
 
 
 def test_check_hard_reset_is_exact_per_step_and_says_saf_f_refuses_it(models, capsys):

@@ -141,13 +141,7 @@ def test_switching_off_mid_sequence_continues_like_the_plain_model(kind, step_mo
     assert_same_spikes(rec.seq(step_mode), ref_spikes)
 
 
-_DEEPCOPY_CRASH = pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "main 5c1f187 (regression; 35d8858 raised SAFStateError): in step mode 'm' the first call "
-    "after set_saf learns on a deep copy of the model, and a membrane left mid-sequence with "
-    "an autograd graph cannot be deep-copied: RuntimeError 'Only Tensors created explicitly "
-    "by the user (graph leaves) support the deepcopy protocol', the model left switched"))
-SWITCH_ON = [pytest.param(kind, sm, first, id=f"{kind}-{sm}-after-{first or 'plain'}",
-                          marks=[_DEEPCOPY_CRASH] if sm == "m" else [])
+SWITCH_ON = [pytest.param(kind, sm, first, id=f"{kind}-{sm}-after-{first or 'plain'}")
              for kind, sm in (p.values for p in KINDS) for first in ("E", None)]
 
 
@@ -425,11 +419,6 @@ class SpareNeuron(nn.Module):
         return self.head(self.sn(self.fc(x)))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "main 35d8858 and 5c1f187: step 0 returns an exact output, then step 1 raises "
-    "SAFStateError 'some neurons of the model were reset and others were not' (the model "
-    "was reset with functional.reset_net; the cause is the neuron that never runs) and "
-    "leaves the model switched (harness outcome: runtime-error after 1 call)"))
 def test_a_neuron_the_forward_never_calls_does_not_break_a_sequence():
     """Exact, or refused before any output (switched back) naming the unused neuron."""
     def build(step_mode):

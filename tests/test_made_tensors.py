@@ -206,14 +206,7 @@ _REFUSED_LATE = ("main 35d8858 and 5c1f187: the first call raises SAFStateError 
                  "the model switched to SAF-E (harness outcome: runtime-error)")
 
 
-@pytest.mark.parametrize("how", [
-    pytest.param("sum-out", marks=pytest.mark.xfail(strict=True, reason=(
-        "main 35d8858 and 5c1f187: silently wrong. sn1(fc1(x) + fc1(x)) runs under SAF-E "
-        "without error and its spikes differ from the plain model's (here 2 spikes, max "
-        "|diff| 1.0); check() calls linear and add exact 'on accumulations'"))),
-    pytest.param("sum", marks=pytest.mark.xfail(strict=True, reason=_REFUSED_LATE)),
-    pytest.param("noise", marks=pytest.mark.xfail(strict=True, reason=_REFUSED_LATE)),
-])
+@pytest.mark.parametrize("how", ["sum-out", "sum", "noise"])
 def test_a_linear_called_twice_in_one_step_is_exact(float64, how):
     """Plain: the second call of fc1 computes the same current again. SAF-E must equal the plain
     model, or refuse before any output (switched back) naming the shared layer fc1."""

@@ -108,7 +108,16 @@ def test_spikingjelly_lookup_closed_form_neurons_and_the_base_node_catch_all():
         def forward(self, x):
             return x
 
-    assert lookup(Mem()).role == "stateful" and lookup(Mem()).judge(Mem())[0] == "unsupported"
+    spec = lookup(Mem())  # any other memory module runs its own step, per step
+    assert spec.role == "neuron" and spec.neuron is sj.PER_STEP
+    assert spec.judge(Mem())[0] == "exact" and "per step" in spec.judge(Mem())[1]
+
+    class Holder(base.MemoryModule):  # one that holds neurons is walked into instead
+        def __init__(self):
+            super().__init__()
+            self.sn = neuron.LIFNode()
+
+    assert lookup(Holder()) is None and lookup(Holder().sn) is lookup(neuron.LIFNode())
 
 
 def test_subclass_overriding_dynamics_runs_per_step_not_the_closed_form(float64):

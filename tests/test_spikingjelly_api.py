@@ -85,8 +85,22 @@ def refusal_models():
     return {
         "hard_reset_saf_f": (nn.Sequential(layer.Linear(4, 4), neuron.LIFNode(),
                                            layer.Linear(4, 2)), "1", "closed form", "F"),
-        "unknown_memory_module": (_with(_Memory(), 3), "3", "register_neuron", "E"),
     }
+
+
+@pytest.mark.parametrize("step_mode", ["s", "m"])
+def test_a_memory_module_saf_does_not_know_runs_per_step_exactly(float64, step_mode):
+    """A stateful module that is not a neuron (no BaseNode) runs its own step on its per-step
+    input, its memory detached before every step; check() says so."""
+    net = M.strengthen(_with(_Memory(), 3), gain=2.5, bias=0.5)
+    functional.set_step_mode(net, step_mode)
+    x = torch.rand(5, 2, 12)
+    ref = M.run(net, x, step_mode)
+    assert 0 < float((ref != 0).double().mean())
+    finding = next(f for f in saf_plugin.check(net) if f.path == "3")
+    assert finding.status == "exact" and "per step" in finding.reason
+    saf_plugin.set_saf(net, "E")
+    torch.testing.assert_close(M.run(net, x, step_mode), ref, rtol=0, atol=1e-12)
 
 
 def _with(module, at=2):

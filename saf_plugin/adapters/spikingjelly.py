@@ -133,7 +133,8 @@ def _forward(self, x, *args, **kwargs):
     lam = adapter.lam(self)
     self._memories.pop("saf_acc")  # the module's own step sees only its own memories
     try:
-        out = neuron_step.per_step(rt, self, x, lam, one_step_recorded if record else one_step)
+        out = neuron_step.per_step(rt, self, x, lam, one_step_recorded if record else one_step,
+                                   whole=not isinstance(self, neuron.BaseNode))
     finally:
         self._memories["saf_acc"] = _FIRED
     if record:
