@@ -51,26 +51,33 @@ class Rep:
     fout: bool = False  # SAF-F outputs collected over steps: only the model's output
     fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
     origin: Any = None  # a neuron's input handed to hooks as per-step values: the accumulation
+    since: int = 0  # SPIKE, ACC: the sequence step the accumulation started at (a neuron reset
+                    # in the middle of a sequence starts a new one)
 
 
 class Site:
     """The state of one operation position in a step."""
 
-    __slots__ = ("key", "where", "in_acc", "out_prev", "needs_prev", "recv", "recv_from",
-                 "time")
+    __slots__ = ("key", "where", "in_acc", "in_since", "out_prev", "needs_prev", "recv",
+                 "recv_from", "time", "since", "call_since")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
         self.in_acc: dict[int, Tensor] = {}  # accumulated per-step input, per operand
+        self.in_since: dict[int, int] = {}  # the step each of those accumulations started at
         self.out_prev: Optional[Tensor] = None
         self.needs_prev = False
         self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
         self.recv_from = None  # that neuron (the module)
+        self.since = 0  # where the accumulation of its last output started
+        self.call_since = 0  # ... and of this call's output (the latest start of its operands)
         self.time = None  # step mode 'm': the time layout of its output in this call
 
     def clear(self) -> None:
         self.in_acc = {}
+        self.in_since = {}
         self.out_prev = None
+        self.since = 0
 
 
 class Refusal(Exception):

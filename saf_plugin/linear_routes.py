@@ -56,7 +56,8 @@ class LinearRoutes:
             if bias is not None:
                 shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
                 b = bias.view(shape)
-                out = self._shift(out, b, lam, time, fresh=True)  # the call added b once
+                out = self._shift(out, b, lam, time, fresh=True,  # the call added b once
+                                  since=site.call_since)
             return self._acc_out(out, lam, site, inputs=(x,), time=time)
         return run
 
@@ -142,6 +143,9 @@ class LinearRoutes:
         prev = site.out_prev
         up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
                    for u in self.reps[a].sites if self.reps[a].kind == ACC)
+        since = site.call_since
+        if since != site.since:  # its input's accumulation started afresh (a neuron reset)
+            prev, site.since = None, since
         site.time = time
         early = all(self.reps[a].early for a in inputs if torch.is_tensor(a) and a in self.reps)
         if self.learning or site.needs_prev:
@@ -151,7 +155,8 @@ class LinearRoutes:
                 d, inner = time
                 site.out_prev = out.detach().unflatten(d, (self.steps, inner)).select(d, -1)
         self.reps[out] = Rep(ACC, self.call, self.t, decay=lam, base=None, prev=prev,
-                             time=time, site=site, raw=raw, sites=(site, *up), early=early)
+                             time=time, site=site, raw=raw, sites=(site, *up), early=early,
+                             since=since)
         return out
 
     def _batch_norm(self, func, name, args, kwargs):
@@ -181,7 +186,8 @@ class LinearRoutes:
             shift = shift * b["weight"]
         if b.get("bias") is not None:
             shift = shift + b["bias"]
-        out = self._shift(out, shift.view(-1, *([1] * (a.dim() - 2))), lam, time)
+        out = self._shift(out, shift.view(-1, *([1] * (a.dim() - 2))), lam, time,
+                          since=site.call_since)
         return self._acc_out(out, lam, site, inputs=(x,), time=time)
 
     def _decay_of(self, a) -> Optional[float]:
@@ -226,7 +232,7 @@ class LinearRoutes:
             c = args[i]
             neg = (name == "sub" and i == 1) or (name == "rsub" and i == 0)
             if torch.is_tensor(c) or c != 0:
-                out = self._shift(out, -c if neg else c, lam, time)
+                out = self._shift(out, -c if neg else c, lam, time, since=site.call_since)
         return self._acc_out(out, lam, site, raw, inputs=args, time=time)
 
     def _linear_generic(self, func, name, args, kwargs):
@@ -356,5 +362,5 @@ class LinearRoutes:
             unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
             shift = spec.shift(module, out, out.dim() - 1 - unfolded)
             if shift is not None:
-                out = self._shift(out, shift, lam, time)
+                out = self._shift(out, shift, lam, time, since=site.call_since)
         return self._acc_out(out, lam, site, inputs=(x,), time=time)

@@ -78,6 +78,8 @@ class NeuronState:
     drive: Optional[Tensor] = None
     drive_scale: Optional[float] = None
     accs: Optional[Tensor] = None
+    since: int = 0  # the sequence step this neuron's state started at (reset mid-sequence: > 0)
+    mem_ref: Optional[Tensor] = None  # snnTorch, an explicit membrane chain: mem[t], detached
 
 
 def membrane(st: NeuronState, theta: float, detach_reset: bool, multi: bool,
@@ -229,7 +231,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     try:
         y, decay_in = rt.neuron_input(x, p.decay, st, module)
         mode = rt.mode
-        c = rt.series(p.decay, like=y) if mode == Mode.F else None
+        c = rt.series(p.decay, like=y, since=st.since) if mode == Mode.F else None
         prev = st.acc
         if rt.step_mode == "s":
             acc, spikes = step(y, decay_in, st, p, mode, None if c is None else c[0])
@@ -260,7 +262,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
         spikes = rt.low(spikes)  # (the model's dtype; â stays in the accumulation dtype)
     finally:
         rt.paused -= 1
-    return rt.emit(spikes, acc, p.decay)
+    return rt.emit(spikes, acc, p.decay, st.since)
 
 
 def call_with_real_input(self, *args, **kwargs):

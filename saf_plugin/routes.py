@@ -41,7 +41,7 @@ class Routes:
             data = self.reps.get(args[0]) if torch.is_tensor(args[0]) else None
             if self.loop_key is None:
                 self.loop_key, self.loop_op = key, self.op
-            elif key == self.loop_key and data is not None and data.raw and self.slots:
+            elif key == self.loop_key and data is not None and data.raw and self.fired:
                 self.next_step()  # the forward's own loop over time started its next step
                 # (the step's first linear map again on the input, after neurons ran: a map
                 # called twice on the input before any neuron, fc(x) + fc(x), is one step)
@@ -49,6 +49,7 @@ class Routes:
         self.op += 1
         if k < len(self.sites):
             s = self.sites[k]
+            s.call_since = 0
             if s.key != key and self.t == 0:  # another structure (e.g. eval mode): relearn
                 del self.sites[k:]
             elif s.key[0] == name and s.key != key:

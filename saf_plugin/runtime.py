@@ -81,7 +81,9 @@ class Runtime(Routes, LinearRoutes):
         self.loop_key = None   # the first linear map of a call: a time loop in forward repeats it
         self.loop_op = 0
         self.slots: dict[int, int] = {}  # neurons that ran in this step
+        self.fired = False     # a neuron ran in this step
         self.ran: set[int] = set()  # neurons that ran in this sequence
+        self.chains: dict[int, list] = {}  # stateless snnTorch neurons: their membrane chains
         self.states: dict[int, Any] = {}  # SAF state per neuron (id), for this sequence
         self.snapshot: Optional[list] = None  # the buffers before the first call
         self.learning = True   # the first call after set_saf learns which sites need prev
@@ -234,6 +236,7 @@ class Runtime(Routes, LinearRoutes):
         self.op = 0
         self.loop_key = None
         self.slots.clear()
+        self.fired = False
         self.decay = self.default_decay()
         if self.accumulate is not None:
             self.dtype = self.model_dtype(tensors)
@@ -245,11 +248,17 @@ class Runtime(Routes, LinearRoutes):
         self.restart = False
         self.states.clear()
         self.ran.clear()
+        self.chains.clear()
         for s in self.sites:
             s.clear()
 
-    def neuron_reset(self) -> None:
-        """A neuron's state was reset (snnTorch reset_mem / init_leaky)."""
+    def neuron_reset(self, module: Optional[nn.Module] = None) -> None:
+        """A neuron's state was reset (snnTorch reset_mem / init_leaky, SpikingJelly's reset).
+
+        Between calls: the next call starts a sequence. At the top of a forward (before any
+        linear map): the call starts one. Later in a forward (a second loop over time after
+        the first, an encoder then a decoder): that neuron starts afresh from this step, its
+        input current accumulated from here on (:meth:`neuron_input`)."""
         if not self.active:
             self.restart = True
         elif self.op == 0 and self.t == 0:
@@ -257,11 +266,9 @@ class Runtime(Routes, LinearRoutes):
         elif self.op == 0:
             self.new_sequence()
             self.started = True
-        else:
-            raise SAFStateError(
-                f"a neuron was reset in the middle of a step (after {self.op} linear maps ran); "
-                "under SAF reset every neuron before the model's first layer runs (e.g. call "
-                "init_leaky() at the top of forward, or utils.reset(net) between sequences)")
+        elif module is not None:
+            self.states.pop(id(module), None)
+            self.slots.pop(id(module), None)  # (step mode 'm': it may run again in this call)
 
     def next_step(self) -> None:
         """A forward that loops over time itself (snnTorch tutorial 5) started its next step
@@ -271,6 +278,7 @@ class Runtime(Routes, LinearRoutes):
         self.call += 1
         self.op = self.loop_op
         self.slots.clear()
+        self.fired = False
 
     def end(self) -> None:
         if self.learning:
@@ -290,11 +298,13 @@ class Runtime(Routes, LinearRoutes):
         input, [T, B, ...], as the library's multi-step neuron has it."""
         return (0, 1) if self.step_mode == "m" and x.dim() > 0 else None
 
-    def series(self, lam: float, like: Tensor, t: Optional[int] = None) -> Tensor:
-        """c[t] for the rows of this call, [steps] (or for step ``t`` alone, [1]): a slice of
-        one tensor per (λ, dtype, device) that doubles in length when a sequence outgrows it,
-        so a step costs no host-to-device copy (a synchronisation on CUDA)."""
+    def series(self, lam: float, like: Tensor, t: Optional[int] = None, since: int = 0) -> Tensor:
+        """c[t] for the rows of this call, [steps] (or for step ``t`` alone, [1]), counted from
+        the step ``since`` its accumulation started at: a slice of one tensor per (λ, dtype,
+        device) that doubles in length when a sequence outgrows it, so a step costs no
+        host-to-device copy (a synchronisation on CUDA)."""
         t0, steps = (self.t, self.steps) if t is None else (t, 1)
+        t0 -= since
         key = (float(lam), like.dtype, like.device)
         c = self._series.get(key)
         if c is None or c.shape[0] < t0 + steps:
@@ -303,10 +313,10 @@ class Runtime(Routes, LinearRoutes):
             c = self._series[key] = core.bias_series(0, max(64, 2 * (t0 + steps)), lam, like=like)
         return c[t0:t0 + steps]
 
-    def _rows(self, x: Tensor, lam: float, fn, time) -> Tensor:
+    def _rows(self, x: Tensor, lam: float, fn, time, since: int = 0) -> Tensor:
         """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's'; in 'm' x is
         viewed as [.., T, inner, ..] along its layout ``time`` and c as [.., T, 1, ..])."""
-        c = self.series(lam, x)
+        c = self.series(lam, x, since=since)
         if self.step_mode == "s":
             return fn(x, c[0])
         d, inner = time
@@ -315,22 +325,24 @@ class Runtime(Routes, LinearRoutes):
         shape[d] = self.steps
         return fn(v, c.view(shape)).flatten(d, d + 1)
 
-    def _shift(self, out: Tensor, shift, lam: float, time=None, fresh: bool = False) -> Tensor:
+    def _shift(self, out: Tensor, shift, lam: float, time=None, fresh: bool = False,
+               since: int = 0) -> Tensor:
         """out + (c[t] − 1) β, so that Y = A â + β c[t] when ``out`` = A â + β.
 
         SAF-E detaches the added part (a bias gets OTTT's gradient δ, not c[t] δ); SAF-F keeps
         it (the Spike Representation's gradient). ``fresh``: ``out`` is the new result of a
         linear map (whose backward never needs its output), so the shift is added in place.
-        ``time``: the layout of ``out`` (step mode 'm'); β is constant along it."""
+        ``time``: the layout of ``out`` (step mode 'm'); β is constant along it. ``since``: the
+        step the accumulation started at (c counts from there)."""
         if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
-        if self.step_mode == "s" and self.t == 0:
+        if self.step_mode == "s" and self.t == since:
             return out
         if self.step_mode == "m" and torch.is_tensor(shift):
             shift = _split_time(shift, out.dim(), time[0])
         if not (fresh and out._base is None and not (out.is_leaf and out.requires_grad)):
-            return self._rows(out, lam, lambda v, c: v + (c - 1) * shift, time)
-        c = self.series(lam, out) - 1
+            return self._rows(out, lam, lambda v, c: v + (c - 1) * shift, time, since)
+        c = self.series(lam, out, since=since) - 1
         if self.step_mode == "s":
             return out.add_(c[0] * shift)
         d, inner = time  # added to out itself, not to a view
@@ -349,7 +361,7 @@ class Runtime(Routes, LinearRoutes):
         if rep.kind != ACC:
             return x
         rep.site.needs_prev = True
-        if rep.seq > 0 and rep.prev is None:
+        if rep.seq > rep.since and rep.prev is None:
             raise SAFStateError(
                 f"an accumulation made at {rep.site.where} is needed per step, but its previous "
                 "step was not kept: the model's data flow changed between steps (data-dependent "
@@ -381,6 +393,7 @@ class Runtime(Routes, LinearRoutes):
             acc = self.high(acc)
             if self.t == 0 and self.step_mode == "s":
                 site.in_acc[slot] = acc.detach()  # = the value at t = 0, whatever the decay
+            site.call_since = max(site.call_since, rep.since)
             return acc, rep.decay
         v = x if rep is None or rep.kind == SPIKE else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
@@ -390,6 +403,9 @@ class Runtime(Routes, LinearRoutes):
             return v, lam  # the plain model's error for integer input
         v = self.high(v)
         prev = site.in_acc.get(slot)
+        if prev is None:
+            site.in_since[slot] = self.t  # this accumulation starts here
+        site.call_since = max(site.call_since, site.in_since.get(slot, 0))
         if self.step_mode == "s":
             acc = core.accumulate_step(v, prev, lam)
             site.in_acc[slot] = acc.detach()
@@ -406,10 +422,13 @@ class Runtime(Routes, LinearRoutes):
 
     no_checkpoint = staticmethod(no_checkpoint)  # (routes.py: every routed operation)
 
-    def slot(self, module: nn.Module, make: Callable[[], Any]) -> Any:
+    def slot(self, module: nn.Module, make: Callable[[], Any], key=None) -> Any:
         """The SAF state of neuron ``module`` for this sequence (a neuron called twice in one
-        step is refused: its two calls would share one membrane)."""
-        if self.slots.get(id(module)):
+        step is refused: its two calls would share one membrane), or of one of its membrane
+        chains (``key``: a stateless neuron that two layers share, their membranes passed in
+        and out)."""
+        key = id(module) if key is None else key
+        if self.slots.get(key):
             raise Refusal(Finding(
                 getattr(module, "_saf_path", ""),
                 getattr(type(module), "_saf_base", type(module)).__name__, "unsupported",
@@ -418,11 +437,13 @@ class Runtime(Routes, LinearRoutes):
                 "which has no closed form in accumulations",
                 "give every layer its own neuron object"))
         no_checkpoint()  # a neuron inside torch.utils.checkpoint
-        self.slots[id(module)] = 1
+        self.slots[key] = 1
+        self.fired = True
         self.ran.add(id(module))
-        if id(module) not in self.states:
-            self.states[id(module)] = make()
-        return self.states[id(module)]
+        if key not in self.states:
+            self.states[key] = make()
+            self.states[key].since = self.t
+        return self.states[key]
 
     @contextmanager
     def pausing(self):
@@ -476,7 +497,7 @@ class Runtime(Routes, LinearRoutes):
                 "pass the neuron [T, B, ...] (fold time back out of the batch first, e.g. "
                 "with SeqToANNContainer)"))
         if rep is not None and rep.call == self.call and rep.kind in (ACC, SPIKE) and (
-                self.step_mode == "s" or rep.time == (0, 1)):
+                self.step_mode == "s" or rep.time == (0, 1)) and st.since == 0:
             self._receives(rep, lam, module)
             return self.high(x if rep.kind == ACC or rep.acc is None else rep.acc), rep.decay
         v = x if rep is None else self.step_value(x, rep)
@@ -540,12 +561,12 @@ class Runtime(Routes, LinearRoutes):
                 self.reps[o] = Rep(STEP, self.call, self.t, time=self.neuron_time(o))
         return out
 
-    def emit(self, spikes: Tensor, acc: Tensor, lam: float) -> Tensor:
+    def emit(self, spikes: Tensor, acc: Tensor, lam: float, since: int = 0) -> Tensor:
         """Tag a neuron's real spikes with their accumulation (None: the spikes themselves, as
         at t = 0; a Rep never holds its own key, or the weak table would keep it)."""
         self.reps[spikes] = Rep(SPIKE, self.call, self.t, decay=lam,
                                 acc=None if acc is spikes else acc,
-                                time=self.neuron_time(spikes))
+                                time=self.neuron_time(spikes), since=since)
         return spikes
 
     # ----------------------------------------------------------------- the output
@@ -567,12 +588,13 @@ class Runtime(Routes, LinearRoutes):
             return self.step_value(x, rep)
         if self.step_mode == "s":
             a = x if rep.kind == ACC or rep.acc is None else rep.acc
-            return self.low(a / self.series(rep.decay, a, t=rep.seq)[0])
+            return self.low(a / self.series(rep.decay, a, t=rep.seq, since=rep.since)[0])
         if rep.kind == SPIKE:
             return self.low(self._rows(x if rep.acc is None else rep.acc, rep.decay,
-                                       lambda v, c: v / c, rep.time))
+                                       lambda v, c: v / c, rep.time, rep.since))
         base = x if rep.base is None else rep.base  # A[t]/c[t] on the map's output, then the
-        r = self.low(self._rows(base, rep.decay, lambda v, c: v / c, rep.site.time))  # shapes
+        r = self.low(self._rows(base, rep.decay, lambda v, c: v / c, rep.site.time,  # shapes
+                                rep.since))
         for func, args, kwargs in rep.chain:
             r = func(r, *args, **kwargs)
         return r

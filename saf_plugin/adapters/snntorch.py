@@ -126,17 +126,19 @@ def _graded_is_one(m: nn.Module) -> bool:
 
 def _forward(self, input_, mem=None):
     """A converted ``Leaky``: same signature and return values as ``Leaky.forward``."""
-    if mem is not None:
-        self.mem = mem
     if self.init_hidden and mem is not None:
         raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
     rt = neuron_step.runtime_of(self)
     if not self.__dict__["_saf_closed"]:
+        if mem is not None:
+            self.mem = mem
         return _per_step_forward(self, input_, mem)
-    last = rt.states.get(id(self))
-    if mem is not None and last is not None and mem is last.mem_out:
-        self.mem = self._saf_mem_ref  # the membrane this neuron returned last step
-    fresh = self._saf_mem_ref is None or self.mem is not self._saf_mem_ref
+    key, last = _chain(self, rt, mem)
+    if mem is not None:
+        self.mem = mem
+    if last is not None:
+        self.mem = last.mem_ref  # the membrane this chain returned last step
+    fresh = last is None
     if not self.mem.shape == input_.shape:
         fresh = True
         self.mem = torch.zeros_like(input_)
@@ -145,35 +147,55 @@ def _forward(self, input_, mem=None):
             f"{self._saf_path}: the membrane holds values SAF did not compute (a nonzero initial "
             "mem, or a state left from a run before set_saf); SAF starts from mem = 0: reset the "
             "model first (snntorch.utils.reset(net), or mem = lif.init_leaky() / lif.reset_mem())")
-    if fresh != (rt.t == 0):
+    if not fresh and rt.t == 0:
         raise SAFStateError(
-            f"{self._saf_path}: this neuron was {'reset' if fresh else 'not reset'} while the "
-            f"model input {'continues' if fresh else 'restarted'} (step {rt.t}); under SAF reset "
-            "all neurons together before each sequence (utils.reset(net), or call init_leaky() / "
-            "reset_mem() on every neuron, before the first layer runs)")
+            f"{self._saf_path}: this neuron was not reset while the model input restarted (step "
+            "0); under SAF reset all neurons together before each sequence (utils.reset(net), or "
+            "call init_leaky() / reset_mem() on every neuron, before the first layer runs)")
     p = params(self)
     if rt.mode == Mode.F and not p.resets:
         raise SAFStateError(
             f"{self._saf_path}: SAF-F needs a reset (the Spike Representation of a neuron "
             "without reset is not defined); use reset_mechanism='subtract' or SAF-E")
-    st: NeuronState = rt.slot(self, NeuronState)
+    if fresh:
+        rt.states.pop(key, None)  # a new chain (a reset in the middle of a sequence)
+    st: NeuronState = rt.slot(self, NeuronState, key)
     lam = p.decay
     rt.paused += 1
     try:
         y, decay_in = rt.neuron_input(input_, lam, st, self)
-        c = rt.series(lam, like=y)[0] if rt.mode == Mode.F else None
+        c = rt.series(lam, like=y, since=st.since)[0] if rt.mode == Mode.F else None
         out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
                                                            None if fresh else self.mem)
     finally:
         rt.paused -= 1
     self.mem = mem_new.detach()  # SAF never differentiates through it (and deepcopy works)
-    self._saf_mem_ref = self.mem
+    self._saf_mem_ref = st.mem_ref = self.mem
     st.mem_out = mem_new  # what the caller may pass back as `mem`
-    rt.emit(spk, out, lam)
+    rt.emit(spk, out, lam, st.since)
     rt.tag(mem_new, "step")
     if self.output or not self.init_hidden:
         return spk, mem_new
     return spk
+
+
+def _chain(m: nn.Module, rt, mem):
+    """(state key, its last state or None): which membrane chain a call continues. A neuron
+    holding its own membrane (``init_hidden``, or no ``mem`` passed) has one; a stateless one
+    (``init_hidden=False``) may serve several layers, each passing its own membrane: the chain
+    is the one whose last membrane is the one passed in, else a new one."""
+    if mem is None:
+        last = rt.states.get(id(m))
+        own = m._saf_mem_ref is not None and m.mem is m._saf_mem_ref
+        return id(m), last if (own and last is not None) else None
+    chains = rt.chains.setdefault(id(m), [])
+    for key in chains:
+        st = rt.states.get(key)
+        if st is not None and (mem is st.mem_out or mem is st.mem_ref):
+            return key, st
+    key = (id(m), len(chains))
+    chains.append(key)
+    return key, None
 
 
 _STATES = ("mem", "syn", "spk", "syn_exc", "syn_inh")  # snnTorch's hidden-state buffers
@@ -207,7 +229,7 @@ def _per_step_forward(self, input_, *args, **kwargs):
 def _reset_mem(self):
     rt = self.__dict__.get("_saf_rt")
     if rt is not None:
-        rt.neuron_reset()
+        rt.neuron_reset(self)
     return type(self)._saf_base.reset_mem(self)
 
 

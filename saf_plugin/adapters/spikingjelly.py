@@ -215,6 +215,9 @@ def _getattr(self, name: str):
 
 def _reset(self):
     self.__dict__.pop("_saf_v", None)
+    rt = self.__dict__.get("_saf_rt")
+    if rt is not None and rt.active:  # reset inside the forward (a second loop over time)
+        rt.neuron_reset(self)
     return type(self)._saf_base.reset(self)
 
 
