@@ -10,7 +10,7 @@
 from .adapters import torch_nn as _torch_nn  # noqa: F401  (registers torch.nn's entries)
 from .check import check, fix
 from .swap import saf_mode, set_saf
-from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError
+from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError, WeightChangeWarning
 from .extend import register_linear, register_neuron, register_per_step
 from .training import EpochStats, reset_state, train_epoch, train_step
 
@@ -25,6 +25,7 @@ __all__ = [
     "SAFError",
     "SAFIncompatibleError",
     "SAFStateError",
+    "WeightChangeWarning",
     "register_linear",
     "register_neuron",
     "register_per_step",

@@ -59,7 +59,7 @@ class Site:
     """The state of one operation position in a step."""
 
     __slots__ = ("key", "where", "in_acc", "in_since", "out_prev", "needs_prev", "recv",
-                 "recv_from", "time", "since", "call_since")
+                 "recv_from", "time", "since", "call_since", "versions")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
@@ -71,6 +71,7 @@ class Site:
         self.recv_from = None  # that neuron (the module)
         self.since = 0  # where the accumulation of its last output started
         self.call_since = 0  # ... and of this call's output (the latest start of its operands)
+        self.versions: Optional[tuple] = None  # its parameters' versions at its last call
         self.time = None  # step mode 'm': the time layout of its output in this call
 
     def clear(self) -> None:
@@ -78,6 +79,7 @@ class Site:
         self.in_since = {}
         self.out_prev = None
         self.since = 0
+        self.versions = None
 
 
 class Refusal(Exception):

@@ -43,3 +43,8 @@ class SAFIncompatibleError(SAFError):
 
 class SAFStateError(SAFError):
     """A SAF model was used in a way that would silently give wrong values."""
+
+
+class WeightChangeWarning(UserWarning):
+    """A weight of a SAF-E model changed in the middle of a sequence (see ``set_saf``'s
+    ``on_weight_change``)."""

@@ -47,6 +47,7 @@ class LinearRoutes:
                 return self._per_step(func, name, args, kwargs, linear=True)
             site = self.site(name, tuple(args))
             self._note(site.where, name, "on accumulations")
+            self.watch_weights(site, consts)
             a, lam = self.accumulated(x, site)
             args, kwargs = [a, *self._consts(args[1:])], self._consts(kwargs)
             bias = None
@@ -176,6 +177,7 @@ class LinearRoutes:
             return self._per_step(func, name, args, kwargs, linear=True)
         site = self.site(name, (x, b.get("weight"), b["running_mean"]))
         self._note(site.where, "batch_norm (eval)", "on accumulations")
+        self.watch_weights(site, [b.get("weight"), b.get("bias")])
         a, lam = self.accumulated(x, site)
         vals = [a, *self._consts([b.get(k) for k in names[1:]])]
         b = dict(zip(names, vals))
@@ -286,6 +288,7 @@ class LinearRoutes:
             return self._per_step(func, name, args, kwargs, linear=True)
         site = self.site(name, args if i == 0 else (args[i], *args[:i], *args[i + 1:]))
         self._note(site.where, name, "on accumulations")
+        self.watch_weights(site, consts)
         vals = self._consts(list(args))
         vals[i], lam = self.accumulated(args[i], site)
         out = func(*vals, **self._consts(kwargs))
@@ -345,6 +348,7 @@ class LinearRoutes:
             return self.user_per_step(module, forward, args, kwargs)  # no time axis here
         site = self.site(name, (x, *args[1:]))
         self._note(site.where, name, "on accumulations")
+        self.watch_weights(site, list(module.parameters()))
         a, lam = self.accumulated(x, site)
         self.paused += 1
         try:

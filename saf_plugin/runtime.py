@@ -20,6 +20,7 @@ per-step value the model's dtype (``high``/``low`` in ``saf_plugin/linear_routes
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -32,7 +33,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from . import core
 from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, module_path, user_frame
 from .engine import no_checkpoint
-from .errors import Finding, SAFStateError
+from .errors import Finding, SAFStateError, WeightChangeWarning
 from .modes import Mode
 from .linear_routes import LinearRoutes
 from .routes import Routes
@@ -61,9 +62,10 @@ class _StopProbe(Exception):
 class Runtime(Routes, LinearRoutes):
     """Per-model state of a converted model: the mode, the step index, the sites, the tags."""
 
-    def __init__(self, root: nn.Module, mode: str, strict: bool, neurons: list, adapters: list,
-                 accumulate: Optional[torch.dtype] = None):
-        self.root, self.mode, self.strict = root, mode, strict
+    def __init__(self, root: nn.Module, mode: str, neurons: list, adapters: list,
+                 accumulate: Optional[torch.dtype] = None, on_weight_change: str = "warn"):
+        self.root, self.mode = root, mode
+        self.on_weight_change = on_weight_change  # set_saf's option (see watch_weights)
         self.neurons, self.adapters = neurons, adapters
         self.accumulate = accumulate  # dtype of the accumulations (None: the values' own)
         self.dtype = None      # with ``accumulate``: the model's dtype (per-step values)
@@ -97,6 +99,7 @@ class Runtime(Routes, LinearRoutes):
         self.undo: Optional[list] = None  # (buffer, its value) before this call changed it
         self.buffers: Optional[WeakIdKeyDictionary] = None  # the model's buffers (at its first call)
         self.copied_mid_sequence = False  # a deep copy or unpickled copy of a running model
+        self.warned_weights = False
         self.adapter_of = {id(m): a for m, a in zip(neurons, adapters)}
         self.learned: dict = {}  # step mode 'm': call signature -> Learned (engine._probe)
         self.lesson_now: Optional[Learned] = None  # what the current call uses
@@ -139,18 +142,19 @@ class Runtime(Routes, LinearRoutes):
 
         new = Runtime.__new__(Runtime)
         memo[id(self)] = new
-        new.__init__(deepcopy(self.root, memo), self.mode, self.strict,
-                     deepcopy(self.neurons, memo), self.adapters, self.accumulate)
+        new.__init__(deepcopy(self.root, memo), self.mode, deepcopy(self.neurons, memo),
+                     self.adapters, self.accumulate, self.on_weight_change)
         new.copied_mid_sequence = self.started
         return new
 
     def __getstate__(self):
-        return {"root": self.root, "mode": self.mode, "strict": self.strict,
-                "neurons": self.neurons, "adapters": self.adapters,
-                "accumulate": self.accumulate, "mid": self.started}
+        return {"root": self.root, "mode": self.mode, "neurons": self.neurons,
+                "adapters": self.adapters, "accumulate": self.accumulate,
+                "on_weight_change": self.on_weight_change, "mid": self.started}
 
     def __setstate__(self, state):
         mid = state.pop("mid", False)
+        state.pop("strict", None)  # (models saved by earlier versions)
         self.__init__(**state)
         self.copied_mid_sequence = mid
 
@@ -417,6 +421,28 @@ class Runtime(Routes, LinearRoutes):
             acc = seq.movedim(0, d).flatten(d, d + 1)
             acc = acc.view_as(v) if d == 0 else acc
         return acc, lam
+
+    def watch_weights(self, site: Site, consts) -> None:
+        """A linear map's parameters must not change within a sequence for SAF-E to follow the
+        plain model: their versions (advanced by every in-place update: an optimizer step,
+        ``load_state_dict``) are compared with the previous step's."""
+        versions = tuple(c._version for c in consts if isinstance(c, nn.Parameter))
+        seen, site.versions = site.versions, versions
+        if seen is None or seen == versions or self.on_weight_change == "accept":
+            return
+        why = (f"the weights of the linear map at {site.where} changed in the middle of a "
+               "sequence (an optimizer step at every time step, load_state_dict). SAF-E then "
+               "computes Y[t] = W_new â[t]: the accumulation of all past spikes meets the "
+               "current weights, where the plain model's past steps keep the weights they met, "
+               "so the two forwards drift apart slightly (docs/theory.md)")
+        if self.on_weight_change == "raise":
+            raise SAFStateError(why + "; update the weights between sequences, or pass "
+                                "set_saf(..., on_weight_change='accept')")
+        if not self.warned_weights:
+            self.warned_weights = True
+            warnings.warn(why + ". This is SAF-E's online semantics (OTTT_O); to silence this "
+                          "pass set_saf(..., on_weight_change='accept'), to refuse it 'raise'",
+                          WeightChangeWarning, stacklevel=2)
 
     # ----------------------------------------------------------------- neurons
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import sys
-import warnings
 from typing import Optional
 
 import torch
@@ -88,15 +87,23 @@ def per_step_class(cls: type) -> type:
     return _classes.make("per_step", cls, {"forward": forward})
 
 
-def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True,
-            accumulate: Optional[torch.dtype] = None) -> nn.Module:
+def set_saf(net: nn.Module, mode: Optional[str], *, accumulate: Optional[torch.dtype] = None,
+            on_weight_change: str = "warn", strict: bool = True) -> nn.Module:
     """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
 
-    Everything is validated before anything changes: a neuron or stateful module SAF cannot
-    run raises :class:`SAFIncompatibleError` naming every offending module, and the model is
-    left untouched. What only the data flow shows (e.g. a non-linear operation under SAF-F) is
+    Everything is validated before anything changes: a neuron SAF cannot run raises
+    :class:`SAFIncompatibleError` naming every offending module, and the model is left
+    untouched. What only the data flow shows (e.g. a non-linear operation under SAF-F) is
     refused at the first call, before any output, and the model is switched back. Returns
-    ``net``. ``strict`` is kept for compatibility: nothing SAF runs is approximate.
+    ``net``. ``strict`` has no effect (nothing SAF runs is approximate).
+
+    ``on_weight_change``: what to do when a weight of a linear map changes in the middle of a
+    sequence (an optimizer step at every time step, ``load_state_dict``). SAF-E then computes
+    Y[t] = W_new â[t]: the accumulation of all past spikes meets the current weights, where
+    the plain model's past steps keep the weights they met (the forwards drift apart slightly;
+    docs/theory.md, "Weights that change within a sequence"). ``"warn"`` (default): once per
+    model, a :class:`WeightChangeWarning`; ``"accept"``: SAF-E's semantics, silently (what
+    ``train_step(..., online=True)`` uses); ``"raise"``: :class:`SAFStateError`.
 
     ``accumulate``: ``None`` (the default: accumulations in the dtype of the values) or
     ``torch.float64``: SAF's accumulations â[t] = λ â[t−1] + s[t], the layer inputs
@@ -117,10 +124,14 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True,
                 " with mode None (the plain model has no accumulations)" if mode is None else "")
             + "; valid: accumulate=None (accumulations in the model's dtype) or "
             "accumulate=torch.float64 with mode 'E' or 'F'")
+    if on_weight_change not in ("warn", "accept", "raise"):
+        raise ValueError(f"on_weight_change={on_weight_change!r}; valid: 'warn', 'accept', "
+                         "'raise'")
     mode = None if mode is None else Mode(mode)
     if _compiled(net) is not None:  # torch.compile(net): switch the model it compiles (its
-        set_saf(_compiled(net), mode, strict=strict, accumulate=accumulate)  # forward then
-        return net                                                # runs the engine eagerly)
+        set_saf(_compiled(net), mode, accumulate=accumulate,  # forward then runs the engine
+                on_weight_change=on_weight_change)            # eagerly)
+        return net
     load_adapters()
     own = net.__dict__.get("_saf_rt")
     foreign = next((p for p, m in net.named_modules()
@@ -137,23 +148,18 @@ def set_saf(net: nn.Module, mode: Optional[str], *, strict: bool = True,
         raise SAFIncompatibleError([], header=(
             f"set_saf needs a model that contains neurons, not a bare {type(net).__name__}: "
             "wrap it, e.g. nn.Sequential(layer, neuron), and convert that"))
-    findings = check(net, mode=mode)
-    bad = [f for f in findings if f.status == "unsupported"
-           or (strict and f.status == "approximate")]
+    bad = [f for f in check(net, mode=mode) if f.status != "exact"]
     if bad:
         raise SAFIncompatibleError(bad)
-    for f in findings:
-        if f.status == "approximate":
-            warnings.warn(f"SAF is approximate here: {f.line()}", stacklevel=2)
     revert(net)
-    _apply(net, mode, strict, accumulate)
+    _apply(net, mode, accumulate, on_weight_change)
     return net
 
 
-def _apply(net: nn.Module, mode: str, strict: bool, accumulate=None) -> None:
+def _apply(net: nn.Module, mode: str, accumulate=None, on_weight_change: str = "warn") -> None:
     neurons = [(p, m, s) for p, m, s in walk(net) if s is not None and s.role == "neuron"]
-    rt = runtime.Runtime(net, mode, strict, [m for _, m, _ in neurons],
-                         [s.neuron for _, _, s in neurons], accumulate)
+    rt = runtime.Runtime(net, mode, [m for _, m, _ in neurons],
+                         [s.neuron for _, _, s in neurons], accumulate, on_weight_change)
     for path, module, spec in neurons:
         module.__class__ = spec.neuron.saf_class(type(module))
         module._saf_rt, module._saf_path, module._saf_spec = rt, path, spec

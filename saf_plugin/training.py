@@ -243,6 +243,9 @@ def train_step(
     if mode == Mode.E and step_mode == "s":
         total = x_seq.new_zeros(())
         outs = None
+        rt = model.__dict__["_saf_rt"]
+        if online and rt.on_weight_change == "warn":  # the update at every step is asked for:
+            rt.on_weight_change = "accept"             # SAF-E's online semantics (OTTT_O)
         for t in range(T):
             if online and t > 0:
                 optimizer.zero_grad()
