@@ -31,7 +31,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import core
-from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, module_path, user_frame
+from .dataflow import (ACC, SPIKE, STEP, Refusal, Rep, Site, Tags, module_path, tensors_in,
+                       user_frame)
 from .engine import no_checkpoint
 from .errors import Finding, SAFStateError, WeightChangeWarning
 from .modes import Mode
@@ -69,7 +70,7 @@ class Runtime(Routes, LinearRoutes):
         self.neurons, self.adapters = neurons, adapters
         self.accumulate = accumulate  # dtype of the accumulations (None: the values' own)
         self.dtype = None      # with ``accumulate``: the model's dtype (per-step values)
-        self.reps = WeakIdKeyDictionary()
+        self.reps = Tags()
         self.sites: list[Site] = []
         self.call = 0          # unique id of the current step (never reset)
         self.t = 0             # sequence step index of the current step's first row
@@ -163,7 +164,7 @@ class Runtime(Routes, LinearRoutes):
     def begin(self, args: tuple, sig=None) -> None:
         self.step_mode = self.model_step_mode()
         fresh = [a.is_fresh(m) for m, a in zip(self.neurons, self.adapters)]
-        tensors = [x for x in tree_flatten(args)[0] if torch.is_tensor(x)]
+        tensors = tensors_in(args)
         if self.buffers is None:
             self.buffers = WeakIdKeyDictionary({b: True for b in self.root.buffers()})
         input_time = None
@@ -237,6 +238,7 @@ class Runtime(Routes, LinearRoutes):
             self.t += self.steps
         self.started = True
         self.call += 1
+        self.reps.recent.clear()
         self.op = 0
         self.loop_key = None
         self.slots.clear()
