@@ -340,17 +340,27 @@ class Runtime(Routes, LinearRoutes):
         linear map (whose backward never needs its output), so the shift is added in place.
         ``time``: the layout of ``out`` (step mode 'm'); β is constant along it. ``since``: the
         step the accumulation started at (c counts from there)."""
+        if self.step_mode == "s":
+            if self.t == since:
+                return out
+            c1 = core.series_value(lam, self.t - since) - 1.0  # a Python number: one operation
+            if not torch.is_tensor(shift):
+                return out + c1 * shift
+            inplace = fresh and out._base is None and not (out.is_leaf and out.requires_grad)
+            if self.mode == Mode.E:  # the added part carries no gradient
+                with torch.no_grad():
+                    if inplace:
+                        return out.add_(shift, alpha=c1)
+                    add = shift * c1
+                return out + add
+            return out.add_(shift, alpha=c1) if inplace else out.add(shift, alpha=c1)
         if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
-        if self.step_mode == "s" and self.t == since:
-            return out
-        if self.step_mode == "m" and torch.is_tensor(shift):
+        if torch.is_tensor(shift):
             shift = _split_time(shift, out.dim(), time[0])
         if not (fresh and out._base is None and not (out.is_leaf and out.requires_grad)):
             return self._rows(out, lam, lambda v, c: v + (c - 1) * shift, time, since)
         c = self.series(lam, out, since=since) - 1
-        if self.step_mode == "s":
-            return out.add_(c[0] * shift)
         d, inner = time  # added to out itself, not to a view
         shape = [1] * (out.dim() + 1)
         shape[d] = self.steps
