@@ -227,8 +227,7 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     Returns the real spikes, tagged with their accumulation â for the layers downstream.
     """
     st = rt.slot(module, NeuronState)
-    rt.paused += 1
-    try:
+    with rt.pausing():
         y, decay_in = rt.neuron_input(x, p.decay, st, module)
         mode = rt.mode
         c = rt.series(p.decay, like=y, since=st.since) if mode == Mode.F else None
@@ -260,8 +259,6 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
             spikes = spikes_of(acc, prev, p.decay, True)
         st.accs = acc
         spikes = rt.low(spikes)  # (the model's dtype; â stays in the accumulation dtype)
-    finally:
-        rt.paused -= 1
     return rt.emit(spikes, acc, p.decay, st.since)
 
 
@@ -305,15 +302,12 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any], whole
     T in step mode 'm'), tagged as per-step values.
     """
     rt.slot(module, NeuronState)  # one call per step (a second call would share the state)
-    rt.paused += 1
-    try:
+    with rt.pausing():
         current = rt.neuron_current(x, lam, module)
         if rt.step_mode == "s" or whole:
             out = one_step(current)
         else:
             out = _cat([one_step(current[t:t + 1]) for t in range(current.shape[0])])
-    finally:
-        rt.paused -= 1
     return rt.emit_steps(out)
 
 

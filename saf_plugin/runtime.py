@@ -485,10 +485,12 @@ class Runtime(Routes, LinearRoutes):
 
     @contextmanager
     def pausing(self):
-        """Run SAF's own tensor work (not the model's operations) without routing it."""
+        """Run SAF's own tensor work (not the model's operations) without routing it, and
+        without the mode's per-operation cost (``torch._C.DisableTorchFunction``)."""
         self.paused += 1
         try:
-            yield
+            with torch._C.DisableTorchFunction():
+                yield
         finally:
             self.paused -= 1
 

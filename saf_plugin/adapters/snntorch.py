@@ -161,14 +161,11 @@ def _forward(self, input_, mem=None):
         rt.states.pop(key, None)  # a new chain (a reset in the middle of a sequence)
     st: NeuronState = rt.slot(self, NeuronState, key)
     lam = p.decay
-    rt.paused += 1
-    try:
+    with rt.pausing():
         y, decay_in = rt.neuron_input(input_, lam, st, self)
         c = rt.series(lam, like=y, since=st.since)[0] if rt.mode == Mode.F else None
         out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
                                                            None if fresh else self.mem)
-    finally:
-        rt.paused -= 1
     self.mem = mem_new.detach()  # SAF never differentiates through it (and deepcopy works)
     self._saf_mem_ref = st.mem_ref = self.mem
     st.mem_out = mem_new  # what the caller may pass back as `mem`

@@ -339,8 +339,9 @@ def cached_standardised_weight(self):
     """WSConv2d/WSLinear under SAF: without autograd (SAF-F's steps 0..T−2, inference) the
     standardised weight is computed once per weight version instead of at every step."""
     base = type(self)._saf_base
-    if torch.is_grad_enabled():
-        return base.get_weight(self)
+    if torch.is_grad_enabled():  # parameters only: no operation the engine must see
+        with torch._C.DisableTorchFunction():
+            return base.get_weight(self)
     gain = getattr(self, "gain", None)
     key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
                 for p in (self.weight, gain) if p is not None)
