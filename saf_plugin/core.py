@@ -37,6 +37,7 @@ __all__ = [
     "deaccumulate_step",
     "deaccumulate",
     "bias_series",
+    "series_value",
     "reaccumulate_step",
     "lif_spike",
     "spike_representation",
@@ -115,6 +116,23 @@ def bias_series(t0: int, steps: int, lam: Lam, *, like: Tensor) -> Tensor:
         if t >= t0:
             out.append(c)
     return torch.tensor(out, dtype=like.dtype, device=like.device)
+
+
+_SERIES: dict = {}
+
+
+def series_value(lam: Lam, t: int) -> float:
+    """c[t] = Σ_{k=0..t} λ^k as a Python number, by the recurrence of :func:`bias_series`
+    (cached per λ)."""
+    lam_f = float(lam.detach()) if torch.is_tensor(lam) else float(lam)
+    values = _SERIES.get(lam_f)
+    if values is None:
+        if len(_SERIES) > 256:
+            _SERIES.clear()
+        values = _SERIES[lam_f] = [1.0]
+    while len(values) <= t:
+        values.append(lam_f * values[-1] + 1.0)
+    return values[t]
 
 
 def reaccumulate_step(

@@ -10,7 +10,9 @@ See docs/theory.md ("When SAF is exact: the data flow").
 
 from __future__ import annotations
 
+import itertools
 import sys
+import weakref
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -21,7 +23,7 @@ from .errors import Finding
 STEP, SPIKE, ACC = "step", "spike", "acc"
 
 
-@dataclass
+@dataclass(eq=False)
 class Rep:
     """How a tensor relates to the per-step values (see the module docstring).
 
@@ -53,6 +55,50 @@ class Rep:
     origin: Any = None  # a neuron's input handed to hooks as per-step values: the accumulation
     since: int = 0  # SPIKE, ACC: the sequence step the accumulation started at (a neuron reset
                     # in the middle of a sequence starts a new one)
+
+    def __reduce__(self):  # a tensor copied or pickled with its tag arrives untagged
+        return _untagged, ()
+
+
+def _untagged():
+    return None
+
+
+class Tags:
+    """The :class:`Rep` of each tensor for one runtime, kept on the tensor itself (an attribute
+    named for the runtime): a lookup is one attribute read, where a weak-keyed table costs
+    about twenty times more, and it goes as the tensor goes. A copied or pickled tensor does not
+    carry its tag (``Rep`` copies and pickles as None)."""
+
+    _count = itertools.count()
+
+    def __init__(self):
+        self.attr = f"_saf_rep{next(Tags._count)}"
+        self.recent: list = []  # weak references to the tensors tagged in this call
+
+    def get(self, t, default=None):
+        return getattr(t, self.attr, default)
+
+    def __contains__(self, t) -> bool:
+        return getattr(t, self.attr, None) is not None
+
+    def __getitem__(self, t):
+        rep = getattr(t, self.attr, None)
+        if rep is None:
+            raise KeyError("untagged tensor")
+        return rep
+
+    def __setitem__(self, t, rep) -> None:
+        setattr(t, self.attr, rep)
+        self.recent.append(weakref.ref(t))
+
+    def items(self):
+        """(tensor, Rep) of the tensors tagged in this call that are still alive."""
+        for ref in self.recent:
+            t = ref()
+            rep = None if t is None else getattr(t, self.attr, None)
+            if rep is not None:
+                yield t, rep
 
 
 class Site:
@@ -123,6 +169,39 @@ def module_path() -> str:
     return ""
 
 
+def tensors_in(obj, out: Optional[list] = None) -> list:
+    """The tensors in (nested lists, tuples and dicts of) ``obj``, in order: what the engine
+    looks at in every operation's arguments (``torch.utils._pytree`` costs several times more
+    per operation)."""
+    out = [] if out is None else out
+    if isinstance(obj, Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            if isinstance(o, Tensor):
+                out.append(o)
+            elif isinstance(o, (list, tuple, dict)):
+                tensors_in(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            tensors_in(o, out)
+    return out
+
+
+def map_tensors(fn, obj):
+    """``obj`` with every tensor in its nested lists, tuples and dicts replaced by ``fn(t)``."""
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, (list, tuple)):
+        items = [map_tensors(fn, o) for o in obj]
+        if type(obj) in (list, tuple):
+            return type(obj)(items)
+        return type(obj)(*items)  # a named tuple
+    if isinstance(obj, dict):
+        return {k: map_tensors(fn, v) for k, v in obj.items()}
+    return obj
+
+
 _INPLACE_DUNDER = {"iadd": "add_", "isub": "sub_", "imul": "mul_", "itruediv": "div_",
                    "idiv": "div_"}
 
@@ -134,14 +213,28 @@ _ESCAPE = {"__float__", "__int__", "__bool__", "__index__", "__complex__", "item
            "gt", "ge", "isclose"}
 
 
+_NAMES: dict = {}
+
+
 def _name(func) -> str:
-    """``__add__`` -> "add", ``add_`` stays "add_" (in place), ``__iadd__`` -> "add_"."""
+    """``__add__`` -> "add", ``add_`` stays "add_" (in place), ``__iadd__`` -> "add_" (cached
+    per function)."""
+    try:
+        return _NAMES[func]
+    except (KeyError, TypeError):
+        pass
     name = getattr(func, "__name__", str(func))
     if name in _ESCAPE:
-        return "escape"
-    if name.startswith("__") and name.endswith("__"):
-        name = name[2:-2]
-    return _INPLACE_DUNDER.get(name, name)
+        name = "escape"
+    else:
+        if name.startswith("__") and name.endswith("__"):
+            name = name[2:-2]
+        name = _INPLACE_DUNDER.get(name, name)
+    try:
+        _NAMES[func] = name
+    except TypeError:  # (an unhashable callable)
+        pass
+    return name
 
 
 # --------------------------------------------------------------------------- op tables

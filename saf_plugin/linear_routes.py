@@ -25,7 +25,7 @@ from torch.nn.utils.stateless import _reparametrize_module  # (what torch.func.f
 from torch.utils._pytree import tree_flatten                # uses, without the module's hooks)
 
 from . import timeaxis
-from .dataflow import _CONV, _POOL, ACC, SPIKE, STEP, Rep, Site
+from .dataflow import _CONV, _POOL, ACC, SPIKE, STEP, Rep, Site, tensors_in
 from .modes import Mode
 from .timeaxis import TOUCH
 
@@ -36,7 +36,7 @@ class LinearRoutes:
     def _linear_op(self, bias_at):
         def run(func, name, args, kwargs):
             args, kwargs = list(args), dict(kwargs)
-            consts = [a for a in tree_flatten((args[1:], kwargs))[0] if torch.is_tensor(a)]
+            consts = tensors_in(args[1:], tensors_in(kwargs) if kwargs else None)
             if any(a in self.reps for a in consts):
                 return NotImplemented  # e.g. a weight computed from the input: per step
             x = args[0]

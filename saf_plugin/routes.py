@@ -21,7 +21,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from . import timeaxis
 from .dataflow import (_CONST_LIKE, _CONV, _DROPOUT, _MADE, _MADE_LIKE, _NO_TENSOR, _PICK, _POOL,
                        _RANDOM_INPLACE, _SHAPE, ACC, SPIKE, STEP, Refusal, Rep, Site, _name,
-                       module_path, user_frame)
+                       map_tensors, module_path, tensors_in, user_frame)
 from .timeaxis import TOUCH
 from .errors import Finding, SAFStateError
 from .modes import Mode
@@ -79,7 +79,7 @@ class Routes:
         name = _name(func)
         if name in _NO_TENSOR:
             return func(*args, **kwargs)
-        flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
+        flat = tensors_in(args, tensors_in(kwargs) if kwargs else None)
         tagged = any(a in self.reps for a in flat)
         if name in _MADE_LIKE or (not tagged and (name in _MADE or name in _RANDOM_INPLACE)):
             return self._made(func(*args, **kwargs), flat)
@@ -295,8 +295,8 @@ class Routes:
         outputs tagged ``STEP``. ``linear``: a linear map run on per-step values (its inputs
         are per-step values and its constants need no trace), which SAF-F takes as it is."""
         fbad = None
-        tagged = [a for a in tree_flatten((args, kwargs))[0]
-                  if torch.is_tensor(a) and a in self.reps]
+        tagged = [a for a in tensors_in(args, tensors_in(kwargs) if kwargs else None)
+                  if a in self.reps]
         reps = [self.reps[a] for a in tagged]
         raw = all(r.raw for r in reps)
         if self.mode == Mode.F and note and not raw and not linear:
@@ -311,16 +311,15 @@ class Routes:
                     return self.step_value(a, rep)
             return a
 
-        out = func(*tree_map(value, args), **tree_map(value, kwargs))
+        out = func(*map_tensors(value, args), **map_tensors(value, kwargs))
         if fbad is None:
             fbad = next((r.fbad for r in reps if r.fbad), None)
         early = all(r.early for r in reps)
-        for o in tree_flatten(out)[0]:
-            if torch.is_tensor(o):
-                time = (self._step_time(name, args, kwargs, tagged, reps, o)
-                        if self.step_mode == "m" else None)
-                self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, time=time,
-                                   early=early)
+        for o in tensors_in(out):
+            time = (self._step_time(name, args, kwargs, tagged, reps, o)
+                    if self.step_mode == "m" else None)
+            self.reps[o] = Rep(STEP, self.call, self.t, raw=raw, fbad=fbad, time=time,
+                               early=early)
         return out
 
     def _step_time(self, name, args, kwargs, tagged, reps, out: Tensor):
@@ -452,7 +451,7 @@ class Routes:
     def user_per_step(self, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
         """A module declared with register_per_step: its forward, once per step, on the
         per-step values of its arguments (SAF does not look inside)."""
-        flat = [a for a in tree_flatten((args, kwargs))[0] if torch.is_tensor(a)]
+        flat = tensors_in(args, tensors_in(kwargs))
         if not self.active or self.paused or not any(a in self.reps for a in flat):
             return forward(module, *args, **kwargs)
 

@@ -31,7 +31,8 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.weak import WeakIdKeyDictionary
 
 from . import core
-from .dataflow import ACC, SPIKE, STEP, Refusal, Rep, Site, module_path, user_frame
+from .dataflow import (ACC, SPIKE, STEP, Refusal, Rep, Site, Tags, module_path, tensors_in,
+                       user_frame)
 from .engine import no_checkpoint
 from .errors import Finding, SAFStateError, WeightChangeWarning
 from .modes import Mode
@@ -69,7 +70,7 @@ class Runtime(Routes, LinearRoutes):
         self.neurons, self.adapters = neurons, adapters
         self.accumulate = accumulate  # dtype of the accumulations (None: the values' own)
         self.dtype = None      # with ``accumulate``: the model's dtype (per-step values)
-        self.reps = WeakIdKeyDictionary()
+        self.reps = Tags()
         self.sites: list[Site] = []
         self.call = 0          # unique id of the current step (never reset)
         self.t = 0             # sequence step index of the current step's first row
@@ -163,7 +164,7 @@ class Runtime(Routes, LinearRoutes):
     def begin(self, args: tuple, sig=None) -> None:
         self.step_mode = self.model_step_mode()
         fresh = [a.is_fresh(m) for m, a in zip(self.neurons, self.adapters)]
-        tensors = [x for x in tree_flatten(args)[0] if torch.is_tensor(x)]
+        tensors = tensors_in(args)
         if self.buffers is None:
             self.buffers = WeakIdKeyDictionary({b: True for b in self.root.buffers()})
         input_time = None
@@ -237,6 +238,7 @@ class Runtime(Routes, LinearRoutes):
             self.t += self.steps
         self.started = True
         self.call += 1
+        self.reps.recent.clear()
         self.op = 0
         self.loop_key = None
         self.slots.clear()
@@ -338,17 +340,27 @@ class Runtime(Routes, LinearRoutes):
         linear map (whose backward never needs its output), so the shift is added in place.
         ``time``: the layout of ``out`` (step mode 'm'); β is constant along it. ``since``: the
         step the accumulation started at (c counts from there)."""
+        if self.step_mode == "s":
+            if self.t == since:
+                return out
+            c1 = core.series_value(lam, self.t - since) - 1.0  # a Python number: one operation
+            if not torch.is_tensor(shift):
+                return out + c1 * shift
+            inplace = fresh and out._base is None and not (out.is_leaf and out.requires_grad)
+            if self.mode == Mode.E:  # the added part carries no gradient
+                with torch.no_grad():
+                    if inplace:
+                        return out.add_(shift, alpha=c1)
+                    add = shift * c1
+                return out + add
+            return out.add_(shift, alpha=c1) if inplace else out.add(shift, alpha=c1)
         if self.mode == Mode.E and torch.is_tensor(shift):
             shift = shift.detach()
-        if self.step_mode == "s" and self.t == since:
-            return out
-        if self.step_mode == "m" and torch.is_tensor(shift):
+        if torch.is_tensor(shift):
             shift = _split_time(shift, out.dim(), time[0])
         if not (fresh and out._base is None and not (out.is_leaf and out.requires_grad)):
             return self._rows(out, lam, lambda v, c: v + (c - 1) * shift, time, since)
         c = self.series(lam, out, since=since) - 1
-        if self.step_mode == "s":
-            return out.add_(c[0] * shift)
         d, inner = time  # added to out itself, not to a view
         shape = [1] * (out.dim() + 1)
         shape[d] = self.steps
