@@ -110,7 +110,7 @@ class Sigmoid(nn.Module):
         return (x * self.alpha).sigmoid()
 
 
-# --------------------------------------------------------------------------- modules/neuron_spikingjelly.py
+# ----------------------------------------------------------- modules/neuron_spikingjelly.py
 
 
 class BaseNode(MemoryModule):
