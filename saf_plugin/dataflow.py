@@ -105,7 +105,7 @@ class Site:
     """The state of one operation position in a step."""
 
     __slots__ = ("key", "where", "in_acc", "in_since", "out_prev", "needs_prev", "recv",
-                 "recv_from", "time", "since", "call_since", "versions")
+                 "recv_from", "recv_call", "time", "since", "call_since", "versions")
 
     def __init__(self, key: tuple, where: str):
         self.key, self.where = key, where
@@ -115,6 +115,7 @@ class Site:
         self.needs_prev = False
         self.recv: Optional[float] = None  # λ of the neuron its output reaches (OTTT's trace)
         self.recv_from = None  # that neuron (the module)
+        self.recv_call = -1  # the step it was learnt at
         self.since = 0  # where the accumulation of its last output started
         self.call_since = 0  # ... and of this call's output (the latest start of its operands)
         self.versions: Optional[tuple] = None  # its parameters' versions at its last call

@@ -223,10 +223,11 @@ class LinearRoutes:
         lam = self.receiver_decay(site)
         if lam is None:
             lam = decays.pop() if decays else None
+        since = self._since_of(args)
         vals = self._consts(list(args))
         for i, a in enumerate(args):
             if tagged[i]:
-                vals[i], lam = self.accumulated(a, site, slot=i, lam=lam)
+                vals[i], lam = self.accumulated(a, site, slot=i, lam=lam, since=since)
         raw = all(self.reps[a].raw for a, t in zip(args, tagged) if t)
         out = func(*vals, **kwargs)
         if not all(tagged):
@@ -263,7 +264,8 @@ class LinearRoutes:
                     time = (time[0] + 1, time[1])
             site = self.site(name, tuple(seq))
             self._note(site.where, name, "on accumulations")
-            vals = [self.accumulated(a, site, i)[0] for i, a in enumerate(seq)]
+            since = self._since_of(seq)
+            vals = [self.accumulated(a, site, i, since=since)[0] for i, a in enumerate(seq)]
             out = func(vals, *args[1:], **kwargs)
             return self._acc_out(out, decays[0], site, inputs=tuple(seq), time=time)
         tagged = [i for i, a in enumerate(args) if torch.is_tensor(a) and a in self.reps]
@@ -293,6 +295,13 @@ class LinearRoutes:
         vals[i], lam = self.accumulated(args[i], site)
         out = func(*vals, **self._consts(kwargs))
         return self._acc_out(out, lam, site, rep.raw, inputs=(args[i],), time=time)
+
+    def _since_of(self, operands) -> Optional[int]:
+        """The step the accumulations of several operands of one map must start at: the
+        latest start among those that arrive accumulated (None when they all start together)."""
+        starts = {self.reps[a].since for a in operands if torch.is_tensor(a) and a in self.reps
+                  and self.reps[a].kind != STEP and self.reps[a].call == self.call}
+        return max(starts) if len(starts) > 1 or (starts and max(starts) > 0) else None
 
     def _generic_time(self, name, args, kwargs, i):
         """Step mode 'm': the output layout of mul/div/neg/matmul/sum/mean of tagged operand

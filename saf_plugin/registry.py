@@ -144,10 +144,24 @@ def lookup_class(cls: type, module: Optional[nn.Module] = None) -> Optional[Spec
     return None
 
 
+_LIKE: list[Callable[[nn.Module], Optional[Spec]]] = []  # specs found by what a module has
+
+
+def register_like(rule: Callable[[nn.Module], Optional[Spec]]) -> None:
+    """Add a rule that gives the spec of a module no registered class covers, from what the
+    module has (a library's memory module copied into another code base, which keeps its
+    interface but not its class)."""
+    _LIKE.append(rule)
+
+
 def lookup(module: nn.Module) -> Optional[Spec]:
-    """The spec of the nearest registered class in ``type(module).__mro__``, or None.
+    """The spec of the nearest registered class in ``type(module).__mro__``, else of the first
+    :func:`register_like` rule that recognises the module, or None.
 
     A subclass that overrides one of a spec's ``dynamics`` methods is not covered by it; the
     search goes on up the MRO (to a library's catch-all base class, if registered).
     """
-    return lookup_class(type(module), module)
+    spec = lookup_class(type(module), module)
+    if spec is None:
+        spec = next((s for s in (rule(module) for rule in _LIKE) if s is not None), None)
+    return spec

@@ -61,11 +61,8 @@ class Routes:
                     "accumulations",
                     "use one module for every step, or train with BPTT"))
             elif s.key[0] != name:
-                raise SAFStateError(
-                    f"linear map {k} of this step is {name} at {user_frame()}, but it was "
-                    f"{s.key[0]} at {s.where} in an earlier step: the forward runs other "
-                    "operations from step to step (data-dependent control flow), so SAF's "
-                    "per-operation state would be mixed up; saf-plugin cannot run this exactly")
+                raise self._lost(f"linear map {k} of this step is {name} at {user_frame()}, "
+                                 f"but it was {s.key[0]} at {s.where} in an earlier step")
             if k < len(self.sites):
                 return s
         s = Site(key, user_frame())

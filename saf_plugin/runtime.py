@@ -372,39 +372,58 @@ class Runtime(Routes, LinearRoutes):
     # ----------------------------------------------------------------- values
 
     def step_value(self, x: Tensor, rep: Rep) -> Tensor:
-        """The per-step value v[t] of a tagged tensor (an accumulation is de-accumulated along
-        the time layout of the linear map that made it)."""
+        """The per-step value v[t] of a tagged tensor: an accumulation A made by a linear map
+        (its output ``base``, then shape operations ``chain``) less the decayed previous
+        step, v = A − chain(λ base[t−1]) with base[t−1] a constant (in step mode 'm' along the
+        map's time layout). The subtraction is applied to the tensor itself, so whatever
+        autograd attached to it (a custom Function that returned it) stays on v."""
         if rep.kind != ACC:
             return x
         rep.site.needs_prev = True
         if rep.seq > rep.since and rep.prev is None:
-            raise SAFStateError(
-                f"an accumulation made at {rep.site.where} is needed per step, but its previous "
-                "step was not kept: the model's data flow changed between steps (data-dependent "
-                "control flow); saf-plugin cannot run this model exactly")
-        base = x if rep.base is None else rep.base
-        if self.step_mode == "s" or rep.call != self.call and base.dim() == 0:
-            v = core.deaccumulate_step(base, rep.prev, rep.decay)
+            raise self._lost(f"an accumulation made at {rep.site.where} is needed per step, "
+                             "but its previous step was not kept")
+        if self.step_mode == "s" or rep.call != self.call and x.dim() == 0:
+            if rep.prev is None:
+                return self.low(x)
+            before = rep.decay * rep.prev.detach()
         else:
+            base = x if rep.base is None else rep.base
             d, inner = rep.site.time
-            seq = base.unflatten(d, (base.shape[d] // inner, inner)).movedim(d, 0)
-            v = core.deaccumulate(seq, rep.decay, rep.prev).movedim(0, d).flatten(d, d + 1)
-            v = v.view_as(base) if d == 0 else v
-        v = self.low(v)
+            seq = base.detach().unflatten(d, (base.shape[d] // inner, inner)).movedim(d, 0)
+            first = (torch.zeros_like(seq[:1]) if rep.prev is None
+                     else rep.prev.detach().to(seq.dtype).unsqueeze(0))
+            before = (rep.decay * torch.cat([first, seq[:-1]])).movedim(0, d).flatten(d, d + 1)
+            before = before.view_as(base) if d == 0 else before
         for func, args, kwargs in rep.chain:
-            v = func(v, *args, **kwargs)
-        return v
+            before = func(before, *args, **kwargs)
+        return self.low(x - before)
 
-    def accumulated(self, x: Tensor, site: Site, slot: int = 0,
-                    lam: Optional[float] = None) -> tuple[Tensor, float]:
+    def _lost(self, what: str):
+        """The data flow differs from step to step where SAF keeps state per operation: in the
+        first call a refusal (before any output), later an error."""
+        why = (f"{what}: the forward runs other operations from step to step (data-dependent "
+               "control flow, or a loop over time inside forward that saf-plugin could not "
+               "find: it finds the steps of a forward's own loop by the loop's first linear "
+               "map on the model input), so SAF's per-operation state would be mixed up")
+        if self.learning:
+            return Refusal(Finding(module_path(), "data flow", "unsupported", why,
+                                   "run the model one step per call, or train it with BPTT"))
+        return SAFStateError(why + "; saf-plugin cannot run this model exactly")
+
+    def accumulated(self, x: Tensor, site: Site, slot: int = 0, lam: Optional[float] = None,
+                    since: Optional[int] = None) -> tuple[Tensor, float]:
         """(A, λ): one operand of a linear map as an accumulation (per-step values are
         accumulated here, with the decay ``lam`` or the model's first neuron's; in step mode
-        'm' along the operand's time layout, which the route has checked)."""
+        'm' along the operand's time layout, which the route has checked). ``since``: the step
+        the accumulation must start at (the operands of one map share it; a neuron reset in the
+        middle of a sequence restarts the accumulations of its spikes)."""
         rep = self.reps.get(x)
         fresh = rep is not None and rep.call == self.call
         if lam is None:
             lam = self.receiver_decay(site)  # accumulate with the receiver's: OTTT's trace
-        if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam):
+        if fresh and rep.kind in (ACC, SPIKE) and (lam is None or rep.decay == lam) and (
+                since is None or rep.since == since):
             acc = x if rep.kind == ACC or rep.acc is None else rep.acc
             acc = self.high(acc)
             if self.t == 0 and self.step_mode == "s":
@@ -419,8 +438,10 @@ class Runtime(Routes, LinearRoutes):
             return v, lam  # the plain model's error for integer input
         v = self.high(v)
         prev = site.in_acc.get(slot)
+        if since is not None and site.in_since.get(slot) != since:
+            prev = None  # (re)start at ``since``
         if prev is None:
-            site.in_since[slot] = self.t  # this accumulation starts here
+            site.in_since[slot] = self.t if since is None else since
         site.call_since = max(site.call_since, site.in_since.get(slot, 0))
         if self.step_mode == "s":
             acc = core.accumulate_step(v, prev, lam)
@@ -565,9 +586,12 @@ class Runtime(Routes, LinearRoutes):
         """The linear maps that made a neuron's input learn the neuron (OTTT's trace: their
         input is accumulated with its decay; step mode 's' from the next step, 'm' from the
         next call and, through the probe, the first)."""
-        for s in rep.sites:
-            s.recv = lam
-            s.recv_from = module
+        for s in rep.sites:  # the first receiver of a sequence, at its first step, stands:
+            if s.recv is None or (s.recv_call != self.call and self.t == s.since):  # the trace
+                s.recv, s.recv_from, s.recv_call = lam, module, self.call  # may change only
+                                                                           # where it starts
+            if lam != rep.decay:  # from the next step on these maps take per-step inputs
+                s.needs_prev = True
 
     def receiver_decay(self, site: Site) -> Optional[float]:
         """λ of the neuron a linear site feeds, if known (read now: a learnable decay)."""

@@ -911,6 +911,9 @@ ISSUE19 = [
     Case("snn_two_loops_again_reset_mem", snn_encoder_decoder("again", "reset_mem"),
          step_modes=("s",), whole=True),
     Case("snn_encoder_decoder_skip", snn_encoder_decoder("skip"), step_modes=("s",), whole=True),
+    # a loop over time inside forward whose steps do not start from the model input: SAF
+    # cannot find its steps, and says so before any output
     Case("snn_encoder_decoder_replay", snn_encoder_decoder("replay"), step_modes=("s",),
-         whole=True),
+         whole=True, refuse=r"loop over time inside forward.*first linear map on the model "
+                            r"input"),
 ]

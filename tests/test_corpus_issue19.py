@@ -38,16 +38,7 @@ from exactness import root_routes, routes
 
 CASES = {c.name: c for c in CM.ISSUE19}
 
-XFAIL = {
-    "snn_encoder_decoder_skip": (
-        "silently wrong on 6b35369 and 270788c: a decoder loop after init_leaky() that adds "
-        "the encoder loop's spikes of the same step (fc_enc(x[t]) + fc_dec(enc[t])) into the "
-        "restarted neuron gives different output spikes under SAF-E (max |diff| 1, no error)"),
-    "snn_encoder_decoder_replay": (
-        "6b35369, 270788c: a decoder loop after init_leaky() fed only the encoder loop's spikes "
-        "(fc_dec(enc[T-1-t])) raises SAFStateError 'data-dependent control flow' in the first "
-        "call and leaves the model switched to SAF (wrong cause; not a refusal before output)"),
-}
+XFAIL: dict = {}
 
 
 # --------------------------------------------------------------------------- zoo transformers
@@ -266,12 +257,6 @@ def test_ottt_vgg_as_is_is_exact_or_refused_naming_the_cause(float64, train):
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "6b35369 and 270788c refuse OTTT's VGG as it is with 'the model has no spiking neuron "
-    "saf-plugin knows; fix: SAF needs LIF/IF neurons (SpikingJelly or snnTorch)': issue 19 "
-    "(3) asks that a stateful module saf-plugin does not know run per step by default, (8) "
-    "that a refusal name its real cause; the message names neither OnlineLIFNode nor "
-    "register_neuron"))
 def test_ottt_vgg_as_is_runs_or_the_refusal_names_its_neuron_class(float64):
     net, x = ottt_vgg(False)
     ref = ottt_rates(net, x)
@@ -314,12 +299,6 @@ def test_ottt_vgg_with_its_neuron_registered_is_exact(float64, train):
         assert got.requires_grad
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "6b35369, 270788c: under SAF-E the training-style forward's outputs have no graph "
-    "(requires_grad False; backward raises 'element 0 of tensors does not require grad'): "
-    "WrapedSNNOp returns Replace.apply(op(rate), op(spike).detach()), a custom autograd "
-    "Function whose value is its detached second argument; the plain model's outputs carry "
-    "the gradient through the first"))
 def test_ottt_vgg_training_style_outputs_carry_a_gradient(float64):
     _registered()
     net, x = ottt_vgg(True, RegisteredOnlineLIFNode)

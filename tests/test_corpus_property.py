@@ -222,14 +222,6 @@ def test_random_architectures_are_exact_or_refused(arch, seed):
     assert outcome.kind in ("exact", "refused"), f"{arch}: {outcome}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "6b35369, 270788c (found by this property test): step mode 's', spikes of a τ-2 LIF "
-    "changed by an element-wise operation (+ randn_like noise; also a constant * 2.0) "
-    "feeding two branches whose neurons decay differently (LIF τ 2, IF) raise "
-    "SAFStateError 'an accumulation ... is needed per step, but its previous step was not "
-    "kept: ... data-dependent control flow' at step 1, after step 0 returned, and leave the "
-    "model switched (wrong cause, not before any output); step mode 'm' and equal decays "
-    "are exact"))
 def test_mixed_decays_after_an_elementwise_operation_in_single_step_mode():
     arch = dict(step_mode="s", blocks=[("conv", False, *LIF2), ("noise", 1.0),
                                        ("sum", *LIF2, *IF8)], readout="step", batch=B)

@@ -28,7 +28,7 @@ from .. import _classes, neuron_step
 from ..core import host_float
 from ..dataflow import STEP
 from ..neuron_step import NeuronParams
-from ..registry import NeuronAdapter, Spec, lookup, register
+from ..registry import NeuronAdapter, Spec, lookup, register, register_like
 from . import torch_nn
 
 
@@ -317,11 +317,23 @@ def _leaf_state(m: nn.Module) -> bool:
     return not any(isinstance(c, base.MemoryModule) for c in m.modules() if c is not m)
 
 
+def _memory_like(m: nn.Module):
+    """A memory module with SpikingJelly's interface but not its class (a repository that
+    vendored an older SpikingJelly, as OTTT's reference code does): it runs per step too."""
+    if isinstance(getattr(m, "_memories", None), dict) and callable(
+            getattr(m, "register_memory", None)) and callable(getattr(m, "reset", None)) and not any(
+            isinstance(getattr(c, "_memories", None), dict) for c in m.modules() if c is not m):
+        return MEMORY_LIKE
+    return None
+
+
 # Any other memory module (SimpleBaseNode subclasses such as the NonSpikingLIFNode readouts of
 # the reinforcement-learning examples, SynapseFilter, a repository's own neuron) runs its own
 # step per step on its per-step input, its memories detached before every step (OTTT's rule).
 register(base.MemoryModule, Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=(),
                                  applies=_leaf_state))
+MEMORY_LIKE = Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=())
+register_like(_memory_like)
 
 
 def fix_maxpool(m: nn.Module):
