@@ -5,7 +5,7 @@ import torch
 @pytest.fixture
 def float64():
     """Equivalences are proven in float64 (SpikingJelly's CPU path supports it): in float32 a
-    single rounding flip at the threshold cascades downstream (../shared/SAF.md)."""
+    single rounding flip at the threshold cascades downstream."""
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     torch.manual_seed(0)
@@ -26,3 +26,17 @@ def _spikingjelly_is_legacy() -> bool:
 collect_ignore = ([p.name for p in __import__("pathlib").Path(__file__).parent.iterdir()
                    if p.name not in ("legacy", "conftest.py")]
                   if _spikingjelly_is_legacy() else [])
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Why tests were skipped, one line per reason with its count (``-rs`` lists each test)."""
+    reasons: dict[str, int] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if reasons:
+        terminalreporter.section("why tests were skipped")
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{n:5d}  {reason}")
