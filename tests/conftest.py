@@ -1,5 +1,16 @@
+import os
+
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2``) each worker computes with one thread, and so do the
+    processes its tests start: two workers of two threads each on two cores run the suite
+    several times slower than one worker (OpenMP threads wait for each other's cores)."""
+    if hasattr(config, "workerinput"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture
