@@ -137,7 +137,7 @@ def test_bench_tiny(models, capsys):
     assert code == 0, captured.out
     assert "saf_e_online" in captured.out and "bptt" in captured.out
     assert (out_dir / "tiny.json").exists() and (out_dir / "tiny.csv").exists()
-    assert (models / "plots" / "tiny_time.png").exists()
+    assert (models / "plots" / "tiny.png").exists()
     # warm-up 0 and a single T make misleading numbers: said before the run
     assert "warning: --warmup 0" in captured.err and "warning: a single T (2)" in captured.err
 

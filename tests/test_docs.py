@@ -33,10 +33,10 @@ def test_compatibility_page_is_current():
     code = ("import importlib.util, sys; s = importlib.util.spec_from_file_location('g', sys.argv[1]); "
             "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
             "sys.stdout.write(m.render())")
-    rendered = subprocess.run([sys.executable, "-c", code, str(DOCS / "gen_compatibility.py")],
+    rendered = subprocess.run([sys.executable, "-c", code, str(ROOT / "scripts" / "gen_compatibility.py")],
                               check=True, capture_output=True, text=True).stdout
     assert (DOCS / "compatibility.md").read_text() == rendered, (
-        "docs/compatibility.md is stale: run python docs/gen_compatibility.py")
+        "docs/compatibility.md is stale: run python scripts/gen_compatibility.py")
 
 
 def test_spikingjelly_nir_refuses_soft_reset():

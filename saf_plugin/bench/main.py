@@ -27,7 +27,7 @@ snnTorch has no OTTT, SLTT or multi-step mode.
     python benchmarks/bench.py --net vgg --width-div 1 --batch 16 --T 6,16 --repeats 3
     python -m saf_plugin.bench ...            (the same; ``saf bench`` runs it on your model)
 
-Writes <results-dir>/<name>.json and .csv and <plot-dir>/<name>_{time,memory}.png
+Writes <results-dir>/<name>.json and .csv and the figure <plot-dir>/<name>.png
 (``benchmarks/bench.py``: benchmarks/results/ and docs/benchmarks/ of the repository).
 """
 
