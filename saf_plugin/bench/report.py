@@ -8,8 +8,6 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from .methods import METHODS
-
 
 def ratios(rows: list[dict]) -> list[dict]:
     """Per T, SAF-E and SAF-F against OTTT, BPTT and the ReLU bound: ratios of median times,
