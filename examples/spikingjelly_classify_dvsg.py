@@ -36,15 +36,20 @@ import _common as C
 import saf_plugin
 
 
+# the original's settings (real data) and the quick setting on the offline digits
+RECIPE = dict(T=16, batch_size=16, epochs=64, lr=1e-3, channels=128)
+DIGITS = dict(T=16, batch_size=16, epochs=64, lr=1e-3, channels=128)
+
+
 def main(argv=None) -> str:
-    p = C.base_parser(__doc__.splitlines()[0], data=("dvs128",), T=16, batch_size=16,
-                      epochs=64, lr=1e-3, tensorboard=True)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--opt", choices=("sgd", "adam"), default="adam")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p = C.base_parser(__doc__.splitlines()[0], data=("dvs128",),
+                      recipe=RECIPE, digits=DIGITS, tensorboard=True)
+    C.preset(p, "--channels", "channels of every convolution", type=int)
+    p.add_argument("--opt", choices=("sgd", "adam"), default="adam", help="optimizer")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--soft-reset", action="store_true",
                    help="switch the LIF neurons to soft reset first (SAF's closed form)")
-    args = p.parse_args(argv)
+    args = C.parse(p, argv)
     C.seed_everything(args.seed)
     device = torch.device(args.device)
 

@@ -192,3 +192,22 @@ def test_bench_fix_makes_a_fixable_model_run(models, capsys):
     captured = capsys.readouterr()
     assert "saf_f" in captured.out and "skipped" not in captured.out
     assert "fix: " in captured.err and "[1/3]" in captured.err  # what fix changed; progress
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+DOCUMENTED = sorted({line.strip() for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+                     for line in page.read_text().splitlines()
+                     if line.strip().startswith(("saf check ", "saf bench "))})
+
+
+@pytest.mark.parametrize("command", DOCUMENTED)
+def test_documented_commands_run(command, tmp_path, monkeypatch, capsys):
+    """The factories the docs name exist and the commands work as written (a bench shortened
+    to T = 2 and 3, one repeat, without the memory processes)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(command)[1:]
+    if argv[0] == "bench":
+        argv += ["--T", "2,3", "--repeats", "1", "--warmup", "0", "--no-memory", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr()
