@@ -91,6 +91,8 @@ def test_quick_setting_on_the_digits_is_the_documented_one(name, extra, lib, cap
     mod = _load(name)
     C = _load("_common")
     p = C.base_parser("x", data=(), recipe=mod.RECIPE, digits=mod.DIGITS)
+    for key in set(mod.DIGITS) - {"T", "batch_size", "epochs", "lr"}:  # the example's own
+        C.preset(p, "--" + key.replace("_", "-"), key)
     args = C.parse(p, [])
     assert {k: getattr(args, k) for k in mod.DIGITS} == mod.DIGITS
     with pytest.raises(SystemExit):
