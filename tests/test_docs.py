@@ -148,3 +148,13 @@ def test_every_benchmark_table_and_figure_sits_under_one_machine(name):
             file = ref.rsplit("/", 1)[-1] + ".json"
             if file in machines:
                 assert machines[file] == named[0], f"{name}: {heading} cites {file} ({machines[file]})"
+
+
+def test_readme_commands_need_no_activated_environment():
+    """The README's two commands name the environment's programs (a new shell runs command 2
+    as written), and .ci/run runs exactly that block."""
+    block = re.search(r"^```bash\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
+    install, tests = block.group(1).strip().splitlines()
+    assert "activate" not in install + tests and tests.startswith(".venv/bin/python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "README.md" in ci and 'bash -c "$command"' in ci
