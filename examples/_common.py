@@ -36,32 +36,66 @@ import saf_plugin
 # --------------------------------------------------------------------------- arguments
 
 
-def base_parser(description: str, *, data: tuple[str, ...], T: int, batch_size: int,
-                epochs: int, lr: float, tensorboard: bool = False) -> argparse.ArgumentParser:
-    """The options every example shares; ``tensorboard``: the example also writes TensorBoard
-    scalars into ``--out-dir`` (as the original it ports does)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help (an option whose default depends on --data says
+    both in its own text)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def base_parser(description: str, *, data: tuple[str, ...], recipe: dict, digits: dict,
+                tensorboard: bool = False) -> argparse.ArgumentParser:
+    """The options every example shares. ``recipe``: the original example's settings (T,
+    batch_size, epochs, lr and any option the example adds with :func:`preset`), used with a
+    real data set; ``digits``: the quick setting used on the offline digits, the default
+    data. :func:`parse` fills what the command line left open. ``tensorboard``: the example
+    also writes TensorBoard scalars into ``--out-dir`` (as the original it ports does)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=_Help)
+    p.recipe, p.digits = recipe, digits
     p.add_argument("--saf", choices=("off", "E", "F"), default="E",
-                   help="off: the library's own training; E: SAF-E; F: SAF-F")
+                   help="off: the library's own training (BPTT); E: SAF-E; F: SAF-F")
     p.add_argument("--data", choices=("digits",) + data, default="digits",
                    help="digits: scikit-learn's digits, offline; others: the real data set")
     p.add_argument("--data-dir", default="./data", help="where the real data set lives")
     p.add_argument("--download", action="store_true",
                    help="let the data set's own loader download it (torchvision/tonic)")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--T", type=int, default=T, help="time steps")
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--lr", type=float, default=lr)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    preset(p, "--epochs", "training epochs", type=int)
+    preset(p, "--T", "time steps", type=int)
+    preset(p, "--batch-size", "images per batch", type=int)
+    preset(p, "--lr", "learning rate", type=float)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda")
     p.add_argument("--out-dir", default="./runs",
                    help="where the run writes its CSV log" + (", TensorBoard scalars" if tensorboard
                                                              else "") + " and checkpoint")
     p.add_argument("--max-batches", type=int, default=0,
                    help="stop each epoch after this many batches (0: whole epoch)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the shuffling")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     return p
+
+
+def preset(p: argparse.ArgumentParser, flag: str, text: str, **kwargs) -> None:
+    """An option whose default is the original recipe's on a real data set and the quick
+    setting's on the offline digits."""
+    key = flag.lstrip("-").replace("-", "_")
+    recipe, digits = p.recipe[key], p.digits[key]
+    both = (f"default: {recipe}" if recipe == digits
+            else f"default: {recipe} (the original recipe); on the offline digits {digits}")
+    p.add_argument(flag, default=None, help=f"{text} ({both})", **kwargs)
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parse, then fill each open preset option from the quick setting (offline digits) or
+    the original recipe (a real data set)."""
+    args = p.parse_args(argv)
+    for key, value in (p.digits if args.data == "digits" else p.recipe).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
 def seed_everything(seed: int) -> None:

@@ -5,9 +5,11 @@ Port of snnTorch's "Tutorial 5: Training Spiking Neural Networks with snntorch":
 ``forward``, the same static input at every step, per-step cross-entropy on the output
 membrane, Adam (lr 5e-4, betas (0.9, 0.999)), T = 25. This network is exact under SAF as is
 (Linear maps, subtract reset): ``set_saf(net, "E")`` is the only change. Under SAF-F the loss
-is cross-entropy on the spike representation at the last step.
+is cross-entropy on the spike representation at the last step. On the offline digits the
+defaults are a quick setting (T = 10, 2 epochs, Adam lr 2e-3, batch 64); on MNIST, the
+tutorial's.
 
-    python examples/snntorch_tutorial5.py --saf E            # offline digits at 28x28
+    python examples/snntorch_tutorial5.py                    # SAF-E, offline digits at 28x28
     python examples/snntorch_tutorial5.py --data mnist --download
 """
 
@@ -16,12 +18,13 @@ from __future__ import annotations
 
 import snntorch as snn
 import torch
+from snntorch import utils
 import torch.nn.functional as F
 from torch import nn
 
 import _common as C
 import saf_plugin
-from saf_plugin.training import prediction, reset_state
+from saf_plugin.training import prediction
 
 
 class Net(nn.Module):
@@ -49,11 +52,16 @@ class Net(nn.Module):
         return torch.stack(spk2_rec, dim=0), torch.stack(mem2_rec, dim=0)
 
 
+# the original's settings (real data) and the quick setting on the offline digits
+RECIPE = dict(T=25, batch_size=128, epochs=1, lr=5e-4, hidden=1000)
+DIGITS = dict(T=10, batch_size=64, epochs=2, lr=2e-3, hidden=1000)
+
+
 def main(argv=None) -> str:
-    p = C.base_parser(__doc__.splitlines()[0], data=("mnist", "fashion-mnist"), T=25,
-                      batch_size=128, epochs=1, lr=5e-4)
-    p.add_argument("--hidden", type=int, default=1000)
-    args = p.parse_args(argv)
+    p = C.base_parser(__doc__.splitlines()[0], data=("mnist", "fashion-mnist"),
+                      recipe=RECIPE, digits=DIGITS)
+    C.preset(p, "--hidden", "hidden neurons", type=int)
+    args = C.parse(p, argv)
     C.seed_everything(args.seed)
     device = torch.device(args.device)
     net = Net(num_hidden=args.hidden, num_steps=args.T).to(device)
@@ -71,7 +79,7 @@ def main(argv=None) -> str:
             return spk, F.cross_entropy(spk[-1], y)
         return spk, sum(F.cross_entropy(mem[t], y) for t in range(args.T))
 
-    task = C.Task(forward, lambda out: prediction(out, args.saf), lambda: reset_state(net))
+    task = C.Task(forward, lambda out: prediction(out, args.saf), lambda: utils.reset(net))
     return C.train_and_report(
         "snntorch_tutorial5", net, task, args, train_loader, test_loader, opt, device)
 

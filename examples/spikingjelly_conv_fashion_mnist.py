@@ -19,13 +19,13 @@ maps between neurons only, and this model has per-step operations (training-mode
 max pooling). The script does not catch saf_plugin's ``SAFIncompatibleError``; it names the
 operation and stops before anything is trained.
 
-Measured on the offline digits (held-out 20 %, 359 images), T=4, 4 epochs, seed 0,
-``--channels 32`` (128 is too slow for a 2-core CPU), the original recipe (SGD lr 0.1, momentum
-0.9, cosine over the 4 epochs, batch 128), 2026-11-28. The model as it is (hard reset): BPTT
-(``--saf off``) 65.46 % test accuracy, SAF-E 84.40 %. With ``--soft-reset``: BPTT 90.25 %,
-SAF-E 91.36 %. Seconds per epoch on a shared CPU vary too much for a speed claim from these.
+On the offline digits the defaults are a quick setting: T = 4, 4 epochs, SGD lr 0.1 with the
+recipe's momentum and cosine schedule, batch 32 (128 images would be 11 updates per epoch),
+16 channels (128 is slow on a CPU); with a real data set, the original recipe. Measured
+numbers: docs/examples.md.
 
-    python examples/spikingjelly_conv_fashion_mnist.py --saf E             # offline digits
+    python examples/spikingjelly_conv_fashion_mnist.py                     # SAF-E, offline digits
+    python examples/spikingjelly_conv_fashion_mnist.py --saf off           # BPTT
     python examples/spikingjelly_conv_fashion_mnist.py --data fashion-mnist --download
 """
 
@@ -66,15 +66,20 @@ except ImportError:  # pragma: no cover - the example imports tensorboard
             return self.conv_fc(x.unsqueeze(0).expand(self.T, -1, -1, -1, -1)).mean(0)
 
 
+# the original's settings (real data) and the quick setting on the offline digits
+RECIPE = dict(T=4, batch_size=128, epochs=64, lr=0.1, channels=128)
+DIGITS = dict(T=4, batch_size=32, epochs=4, lr=0.1, channels=16)
+
+
 def main(argv=None) -> str:
-    p = C.base_parser(__doc__.splitlines()[0], data=("fashion-mnist", "mnist"), T=4,
-                      batch_size=128, epochs=64, lr=0.1, tensorboard=True)
-    p.add_argument("--channels", type=int, default=128)
-    p.add_argument("--opt", choices=("sgd", "adam"), default="sgd")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p = C.base_parser(__doc__.splitlines()[0], data=("fashion-mnist", "mnist"),
+                      recipe=RECIPE, digits=DIGITS, tensorboard=True)
+    C.preset(p, "--channels", "channels of both convolutions", type=int)
+    p.add_argument("--opt", choices=("sgd", "adam"), default="sgd", help="optimizer")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--soft-reset", action="store_true",
                    help="switch the IF neurons to soft reset first (SAF's closed form)")
-    args = p.parse_args(argv)
+    args = C.parse(p, argv)
     C.seed_everything(args.seed)
     device = torch.device(args.device)
 

@@ -12,7 +12,7 @@ from .check import check, fix
 from .swap import saf_mode, set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError, WeightChangeWarning
 from .extend import register_linear, register_neuron, register_per_step
-from .training import EpochStats, reset_state, train_epoch, train_step
+from .training import EpochStats, train_epoch, train_step
 
 del _torch_nn  # (imported for its registrations only)
 
@@ -31,7 +31,6 @@ __all__ = [
     "register_per_step",
     "train_step",
     "train_epoch",
-    "reset_state",
     "EpochStats",
 ]
 __version__ = "0.1.0"

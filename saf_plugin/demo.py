@@ -181,15 +181,17 @@ def summary(rows: list[dict], args) -> str:
 
 
 def main(argv=None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs per method")
     parser.add_argument("--T", type=int, default=8, help="time steps per image")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per batch")
+    parser.add_argument("--lr", type=float, default=1e-2, help="learning rate (Adam)")
     parser.add_argument("--warmup-batches", type=int, default=3,
                         help="untimed batches per method before the timed epochs")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the split")
     args = parser.parse_args(argv)
     memory = ("torch.cuda.max_memory_allocated" if args.device.startswith("cuda")
               else "saf_plugin.training.SavedTensorMeter")

@@ -55,7 +55,7 @@ from .swap import saf_mode
 from .errors import SAFStateError
 from .modes import Mode, keeps_graph
 
-__all__ = ["reset_state", "train_step", "train_epoch", "EpochStats", "SavedTensorMeter"]
+__all__ = ["train_step", "train_epoch", "prediction", "EpochStats", "SavedTensorMeter"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 

@@ -39,7 +39,7 @@ def test_bench_main_tiny_vgg_all_methods(tmp_path):
     saved = json.loads((tmp_path / "tiny.json").read_text())
     assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(METHODS)
     assert saved["ratios"][0]["saf_e_online/ottt time"] > 0
-    assert (tmp_path / "tiny.csv").exists() and (tmp_path / "plots" / "tiny_time.png").exists()
+    assert (tmp_path / "tiny.csv").exists() and (tmp_path / "plots" / "tiny.png").exists()
 
 
 def test_bench_fresh_process_memory(tmp_path):

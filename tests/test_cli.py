@@ -78,7 +78,8 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
-    assert "usage: saf" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "usage: saf" in out and "exit status:" in out
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -92,17 +93,63 @@ def test_bench_bad_arguments(models, capsys, extra, msg):
     assert msg in err and "\n" not in err
 
 
+def test_check_with_an_input_prints_every_operations_route(models, capsys):
+    assert main(["check", "cli_models_mod:good", "--input-shape", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "linear" in out and "once per step on accumulations" in out
+    assert "one call with input [2, 4]: 2 operations, 0 per step" in out
+
+
+def test_check_with_an_input_of_a_multi_step_model_has_a_time_dimension(models, capsys):
+    (models / "cli_multi_mod.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from spikingjelly.activation_based import functional, layer, neuron
+
+        def net():
+            n = nn.Sequential(layer.Linear(4, 6), neuron.LIFNode(v_reset=None),
+                              layer.MaxPool1d(2), layer.Linear(3, 2))
+            functional.set_step_mode(n, "m")
+            return n
+    '''))
+    assert main(["check", "cli_multi_mod:net", "--input-shape", "1,4", "--T", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "input [3, 2, 1, 4]" in out and "1 per step on the real values" in out
+    assert main(["check", "cli_multi_mod:net", "--input-shape", "4"]) == 2  # a wrong shape
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("saf: error: the model failed on an input [4, 2, 4]") and "\n" not in err
+
+
 def test_bench_tiny(models, capsys):
     out_dir = models / "res"
     code = main(["bench", "cli_models_mod:good", "--input-shape", "4", "--T", "2",
                  "--methods", "bptt,saf_e_online,relu", "--batch", "2",
                  "--repeats", "1", "--warmup", "0", "--no-memory", "--out", str(out_dir),
-                 "--plot", str(models / "plots")])
+                 "--plot", str(models / "plots"), "--name", "tiny"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out
+    assert "saf_e_online" in captured.out and "bptt" in captured.out
+    assert (out_dir / "tiny.json").exists() and (out_dir / "tiny.csv").exists()
+    assert (models / "plots" / "tiny.png").exists()
+    # warm-up 0 and a single T make misleading numbers: said before the run
+    assert "warning: --warmup 0" in captured.err and "warning: a single T (2)" in captured.err
+
+
+def test_bench_skip_reasons_are_sentences(models, capsys):
+    (models / "cli_if_mod.py").write_text(textwrap.dedent('''
+        from torch import nn
+        from spikingjelly.activation_based import layer, neuron
+
+        def net():
+            return nn.Sequential(layer.Linear(4, 6), neuron.IFNode(v_reset=None),
+                                 layer.Linear(6, 3))
+    '''))
+    code = main(["bench", "cli_if_mod:net", "--input-shape", "4", "--T", "2,3",
+                 "--methods", "ottt,sltt,saf_e_online", "--batch", "2", "--repeats", "1",
+                 "--no-memory", "--out", str(models / "res")])
     out = capsys.readouterr().out
-    assert code == 0, out
-    assert "saf_e_online" in out and "bptt" in out
-    assert (out_dir / "custom_cpu.json").exists() and (out_dir / "custom_cpu.csv").exists()
-    assert (models / "plots" / "custom_cpu_time.png").exists()
+    assert code == 1
+    assert "ottt: skipped: SpikingJelly's OTTTLIFNode replaces LIF neurons only (1: IFNode)" in out
+    assert "sltt: skipped: SpikingJelly's SLTTLIFNode" in out and "Error" not in out
 
 
 def test_bench_help_lists_every_method(capsys):
@@ -137,3 +184,22 @@ def test_bench_fix_makes_a_fixable_model_run(models, capsys):
     captured = capsys.readouterr()
     assert "saf_f" in captured.out and "skipped" not in captured.out
     assert "fix: " in captured.err and "[1/3]" in captured.err  # what fix changed; progress
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+DOCUMENTED = sorted({line.strip() for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+                     for line in page.read_text().splitlines()
+                     if line.strip().startswith(("saf check ", "saf bench "))})
+
+
+@pytest.mark.parametrize("command", DOCUMENTED)
+def test_documented_commands_run(command, tmp_path, monkeypatch, capsys):
+    """The factories the docs name exist and the commands work as written (a bench shortened
+    to T = 2 and 3, one repeat, without the memory processes)."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(command)[1:]
+    if argv[0] == "bench":
+        argv += ["--T", "2,3", "--repeats", "1", "--warmup", "0", "--no-memory", "--quiet"]
+    assert main(argv) == 0, capsys.readouterr()

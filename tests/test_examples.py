@@ -26,9 +26,10 @@ CASES = [
     ("snntorch_tutorial6", ["--width", "4"], "snntorch"),
     ("snntorch_tutorial7", ["--width", "4"], "snntorch"),
 ]
-# SpikingJelly's own models, used as they are (training-mode BatchNorm, max pooling): SAF-F
-# refuses their per-step operations, and the examples let saf_plugin's error show
-REFUSE_F = {"spikingjelly_conv_fashion_mnist", "spikingjelly_classify_dvsg"}
+# models used as they are (training-mode BatchNorm, max pooling): SAF-F refuses their per-step
+# operations, and the examples let saf_plugin's error show
+REFUSE_F = {"spikingjelly_conv_fashion_mnist", "spikingjelly_classify_dvsg", "snntorch_tutorial6",
+            "snntorch_tutorial7"}
 
 
 def _load(name: str):
@@ -68,6 +69,52 @@ def test_example_runs_offline(name, extra, lib, saf, tmp_path, capsys):
             mod.main(["--help"])
         promised = "TensorBoard" in " ".join(capsys.readouterr().out.split())
         assert promised == any(run_dir.glob("events.out.tfevents*")), name
+
+
+@pytest.mark.parametrize("name", ["snntorch_tutorial6", "snntorch_tutorial7"])
+def test_fix_is_asked_for_not_applied_silently(name, tmp_path, capsys):
+    """Max pooling runs exactly under SAF-E: the network stays the tutorial's unless --fix."""
+    pytest.importorskip("snntorch")
+    mod = _load(name)
+    argv = TINY + ["--width", "4", "--out-dir", str(tmp_path), "--device", "cpu"]
+    mod.main(argv)
+    assert "saf_plugin.fix changed" not in capsys.readouterr().out
+    mod.main(argv + ["--saf", "F", "--fix"])  # average pooling: SAF-F trains it
+    assert "MaxPool2d" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,extra,lib", CASES, ids=[c[0] for c in CASES])
+def test_quick_setting_on_the_digits_is_the_documented_one(name, extra, lib, capsys):
+    """Without options an example trains its quick setting on the offline digits; --help shows
+    every default; docs/examples.md quotes that setting."""
+    pytest.importorskip(lib)
+    mod = _load(name)
+    C = _load("_common")
+    p = C.base_parser("x", data=(), recipe=mod.RECIPE, digits=mod.DIGITS)
+    for key in set(mod.DIGITS) - {"T", "batch_size", "epochs", "lr"}:  # the example's own
+        C.preset(p, "--" + key.replace("_", "-"), key)
+    args = C.parse(p, [])
+    assert {k: getattr(args, k) for k in mod.DIGITS} == mod.DIGITS
+    with pytest.raises(SystemExit):
+        mod.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key, value in mod.RECIPE.items():
+        assert f"default: {value}" in text, (name, key)
+    docs = (ROOT / "docs" / "examples.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith(f"| `{name}.py`") and
+               "quick" not in line and "%" in line)
+    for key, value in mod.DIGITS.items():
+        if value != mod.RECIPE[key]:
+            flag = "--" + key.replace("_", "-")
+            assert f"{flag} {value}" in row, (name, flag, row)
+
+
+@pytest.mark.slow
+def test_a_quick_setting_learns(tmp_path):
+    """snnTorch tutorial 5's quick setting, in full: above 80 % on the held-out digits."""
+    pytest.importorskip("snntorch")
+    line = _load("snntorch_tutorial5").main(["--out-dir", str(tmp_path), "--device", "cpu"])
+    assert float(line.split("test_acc=")[1].split()[0]) > 0.8, line
 
 
 def test_ottt_baseline_and_checkpoint_loads_into_plain_model(tmp_path):

@@ -2,33 +2,38 @@
 
 from __future__ import annotations
 
-import importlib
 import os
+import pkgutil
 import sys
-from typing import Callable
+
+from torch import nn
 
 
 class FactoryError(Exception):
-    """A factory that cannot be imported or is not callable (one line of text)."""
+    """A factory that cannot be imported, called or does not return a model (one line)."""
 
 
-def load_factory(spec: str) -> Callable:
-    """Import ``MODULE:CALLABLE`` (CALLABLE may be dotted) and return the callable.
-    ``MODULE`` is imported with the current directory on ``sys.path``."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise FactoryError(f"expected MODULE:CALLABLE (e.g. mypkg.models:make_net), got {spec!r}")
+def build_model(spec: str) -> nn.Module:
+    """Import ``MODULE:CALLABLE`` with :func:`pkgutil.resolve_name` (the current directory
+    on ``sys.path``), call it without arguments and return the model it builds."""
+    module, sep, attr = spec.partition(":")
+    if not sep or not module or not attr:
+        raise FactoryError(f"expected MODULE:CALLABLE (e.g. saf_plugin.bench.models:mlp), "
+                           f"got {spec!r}")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        obj = importlib.import_module(module_name)
+        factory = pkgutil.resolve_name(spec)
+    except AttributeError:
+        raise FactoryError(f"module {module!r} has no attribute {attr!r}") from None
     except Exception as e:  # ImportError, or anything the module raises at import time
-        raise FactoryError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from None
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise FactoryError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
+        raise FactoryError(f"cannot import {module!r}: {type(e).__name__}: {e}") from None
+    if not callable(factory):
         raise FactoryError(f"{spec} is not callable")
-    return obj
+    try:
+        net = factory()
+    except Exception as e:
+        raise FactoryError(f"{spec}() failed: {type(e).__name__}: {e}") from None
+    if not isinstance(net, nn.Module):
+        raise FactoryError(f"{spec}() returned {type(net).__name__}, not a torch.nn.Module")
+    return net

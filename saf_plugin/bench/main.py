@@ -27,7 +27,7 @@ snnTorch has no OTTT, SLTT or multi-step mode.
     python benchmarks/bench.py --net vgg --width-div 1 --batch 16 --T 6,16 --repeats 3
     python -m saf_plugin.bench ...            (the same; ``saf bench`` runs it on your model)
 
-Writes <results-dir>/<name>.json and .csv and <plot-dir>/<name>_{time,memory}.png
+Writes <results-dir>/<name>.json and .csv and the figure <plot-dir>/<name>.png
 (``benchmarks/bench.py``: benchmarks/results/ and docs/benchmarks/ of the repository).
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -65,10 +66,13 @@ def _methods(text: str) -> list[str]:
     return vals
 
 
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, the epilog kept as written."""
+
+
 def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=methods_help())
+                                formatter_class=_Help, epilog=methods_help())
     p.add_argument("--net", choices=("vgg", "mlp", "snntorch6"), default="vgg",
                    help="vgg: OTTT's CIFAR VGG (SpikingJelly); mlp: 784-512-512-10 "
                    "(SpikingJelly); snntorch6: snnTorch tutorial 6's CSNN with average pooling")
@@ -79,31 +83,48 @@ def parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                    "soft reset), for every method")
     p.add_argument("--width-div", type=int, default=1, help="divide every VGG width by this")
     p.add_argument("--hidden", type=int, default=512, help="MLP hidden width")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--input-shape", type=_ints, default=None, help="C,H,W (default 3,32,32; "
+    p.add_argument("--batch", type=int, default=16, help="batch size")
+    p.add_argument("--input-shape", type=_ints, default=None, help="C,H,W (None: 3,32,32; "
                    "mlp 784; snntorch6 1,28,28)")
-    p.add_argument("--T", type=_ints, default=[2, 4, 8, 16, 32])
+    p.add_argument("--T", type=_ints, default=[2, 4, 8, 16, 32], help="time steps, comma-separated")
     p.add_argument("--methods", type=_methods, default=None,
-                   help="comma-separated (default: every method the model's library supports)")
-    p.add_argument("--repeats", type=int, default=3)
+                   help="comma-separated (None: every method the model's library supports)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed iterations per method and T, interleaved")
     p.add_argument("--warmup", type=int, default=1, help="untimed iterations per method, at "
                    "the smallest T")
     p.add_argument("--max-seconds", type=float, default=0.0, help="skip a method at larger T "
                    "once one of its iterations took longer than this (0: no limit)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda")
     p.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory runs")
     p.add_argument("--memory-T", type=_ints, default=None,
-                   help="measure memory only at these T (default: every T)")
-    p.add_argument("--name", default=None, help="output file stem (default <net>_<device>)")
-    p.add_argument("--results-dir", type=Path, default=Path("benchmarks") / "results")
-    p.add_argument("--plot-dir", type=Path, default=Path("docs") / "benchmarks")
-    p.add_argument("--no-plot", action="store_true")
+                   help="measure memory only at these T (None: every T)")
+    p.add_argument("--name", default=None, help="output file stem (None: <net>_<device>, or custom_<device> with --model)")
+    p.add_argument("--results-dir", type=Path, default=Path("benchmarks") / "results",
+                   help="folder for the JSON and CSV results")
+    p.add_argument("--plot-dir", type=Path, default=Path("docs") / "benchmarks",
+                   help="folder for the time and memory plots")
+    p.add_argument("--no-plot", action="store_true", help="write no plots")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--note", default="", help="free text stored with the results")
     p.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)  # progress is default
     p.add_argument("--worker-method", help=argparse.SUPPRESS)
     p.add_argument("--worker-T", type=int, help=argparse.SUPPRESS)
     return p
+
+
+def warnings_for(args) -> list[str]:
+    """What makes the numbers of a run misleading, said before it starts."""
+    out = []
+    if args.warmup == 0:
+        out.append("--warmup 0: each method's first timed iteration also pays one-time costs "
+                   "(lazy initialisation, allocator growth, the first use of the C++ scan), so "
+                   "the times at the first T are not comparable between methods")
+    if len(args.T) == 1:
+        out.append(f"a single T ({args.T[0]}): memory and time cannot be seen to grow (or stay "
+                   "flat) with T; give several, e.g. --T 4,8,16")
+    return out
 
 
 def main(argv: Optional[list[str]] = None, *, defaults: Optional[dict] = None) -> dict:
@@ -125,12 +146,14 @@ def _main(argv: Optional[list[str]], defaults: Optional[dict]) -> dict:
     if args.worker_method:
         print(json.dumps(worker(args)))
         return {}
+    for warning in warnings_for(args):
+        print(f"warning: {warning}", file=sys.stderr)
     result = benchmark(args)
     name = args.name or f"{'custom' if args.model else args.net}_{args.device}"
     paths = write(result, name, args.results_dir, None if args.no_plot else args.plot_dir)
     print(table(result["rows"]))
     for m, e in result["errors"].items():
-        print(f"{m}: skipped ({e})")
+        print(f"{m}: skipped: {e}")
     for m, T in result["stopped"].items():
         print(f"{m}: stopped after T={T} (an iteration took longer than --max-seconds)")
     for r in result["ratios"]:

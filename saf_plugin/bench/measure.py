@@ -1,80 +1,48 @@
-"""Measuring one training iteration: wall time, the bytes autograd saves for backward, peak RSS
-(Linux: this process's VmHWM, reset before the iteration) or the CUDA peak; the inputs; the
-machine the numbers come from."""
+"""Measuring one training iteration: wall time (``torch.utils.benchmark``), the bytes autograd
+saves for backward, the resident memory (psutil before, the process's peak after) or the CUDA
+peak; the inputs; the machine the numbers come from."""
 
 from __future__ import annotations
 
 import copy
 import os
 import platform
-import time
 from typing import Callable
 
+import psutil
 import torch
 from torch import nn
+from torch.utils.benchmark import Timer
 
 from .models import library
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_iteration(run: Callable, x_seq, y, device) -> float:
-    _sync(device)
-    t0 = time.perf_counter()
-    run(x_seq, y)
-    _sync(device)
-    return time.perf_counter() - t0
+def time_iteration(run: Callable, x_seq, y) -> float:
+    """Seconds of one ``run(x_seq, y)`` with the process's torch threads (``Timer``
+    synchronises the accelerator around it)."""
+    timer = Timer("run(x_seq, y)", globals={"run": run, "x_seq": x_seq, "y": y},
+                  num_threads=torch.get_num_threads())
+    return timer.timeit(1).median
 
 
 def memory_of(run: Callable, x_seq, y, device) -> dict:
-    """One iteration under the saved-tensor meter; peak RSS / CUDA peak of this process."""
+    """One iteration under the saved-tensor meter, in a fresh process (``run.worker``): the
+    RSS before it, the process's peak RSS after it (``getrusage``; in a fresh process the
+    iteration is what sets it), and on CUDA the peak allocated by torch."""
     from ..training import SavedTensorMeter, peak_rss_bytes
 
-    rss0 = _rss()
-    hwm = _reset_hwm()
+    rss0 = psutil.Process().memory_info().rss
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with SavedTensorMeter(exclude=[x_seq]) as meter:
         run(x_seq, y)
-    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     out = {"saved_peak_bytes": meter.peak, "saved_total_bytes": meter.total,
-           "rss_before_bytes": rss0,
-           "peak_rss_bytes": _read_hwm() if hwm else peak_rss_bytes()}
+           "rss_before_bytes": rss0, "peak_rss_bytes": peak_rss_bytes()}
     if device.type == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
     return out
-
-
-def _rss() -> int:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss
-    except ImportError:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _reset_hwm() -> bool:
-    """Linux: reset this process's peak RSS (VmHWM) so the peak covers one iteration only,
-    not the imports before it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _read_hwm() > 0
-    except OSError:
-        return False
-
-
-def _read_hwm() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def num_classes(base: nn.Module, shape) -> int:
@@ -107,12 +75,7 @@ def machine() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import psutil
-
-        info["memory_bytes"] = psutil.virtual_memory().total
-    except ImportError:  # pragma: no cover
-        pass
+    info["memory_bytes"] = psutil.virtual_memory().total
     try:
         import spikingjelly
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from typing import Optional
-
-from .methods import METHODS
 
 
 def ratios(rows: list[dict]) -> list[dict]:
@@ -68,54 +67,96 @@ def write(result: dict, name: str, results_dir: Path, plot_dir: Optional[Path]) 
     return paths
 
 
-def plot(result: dict, name: str, plot_dir: Path) -> list[Path]:
+# method: label, colour, marker, filled (hollow markers show what is drawn over them)
+STYLE = {"bptt": ("BPTT", "tab:red", "o", True), "ottt": ("OTTT", "tab:orange", "s", False),
+         "sltt": ("SLTT", "tab:purple", "D", False),
+         "saf_e_online": ("SAF-E online", "tab:blue", "^", True),
+         "saf_e_multi": ("SAF-E multi-step", "tab:cyan", "<", False),
+         "saf_f": ("SAF-F", "tab:green", "v", True), "relu": ("ReLU bound", "tab:gray", "x", True)}
+PANELS = {"time": ("time_median_s", "time per iteration [s]", 1.0),
+          "saved": ("saved_peak_bytes", "saved for backward, peak [MiB]", 2**20),
+          "rss": ("rss_increase_bytes", "RSS increase in the iteration [MiB]", 2**20),
+          "cuda": ("cuda_peak_bytes", "CUDA peak allocated [MiB]", 2**20)}
+
+
+def machine_label(machine: dict) -> str:
+    """The machine a result comes from, as figures and pages name it: the GPU's name, or
+    e.g. "2-core Intel Xeon"."""
+    if machine.get("gpu"):
+        return machine["gpu"]
+    words = re.sub(r"\(R\)|\(TM\)|Processor|CPU|@.*", " ", machine.get("cpu_model", "CPU")).split()
+    return f"{machine.get('cpu_count', '?')}-core {' '.join(words[:2])}"
+
+
+def figure(results: list[dict], titles: list[str], sources: list[str], path: Path) -> Path:
+    """Time and memory against T, one row per result (a network), one column per measure,
+    one legend. A sweep over T has a log T axis and log times; memory starts at 0. The PNG carries its sources
+    and machine in its metadata ("Source", "Machine"), which tests/test_docs.py reads."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    rows = result["rows"]
-    methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    methods += sorted({r["method"] for r in rows} - set(methods))
-    out = []
-    specs = [("time", [("time_median_s", "time per iteration [s]", 1.0)]),
-             ("memory", [("peak_rss_bytes", "peak RSS of a fresh process [MiB]", 2**20),
-                         ("saved_peak_bytes", "saved for backward, peak [MiB]", 2**20)])]
-    for kind, panels in specs:
-        panels = [p for p in panels if any(p[0] in r for r in rows)]
-        if not panels:
-            continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, (key, label, scale) in zip(axes[0], panels):
-            for m in methods:
-                pts = sorted((r["T"], r[key] / scale, r) for r in rows
-                             if r["method"] == m and key in r)
+    machines = {machine_label(r["machine"]) for r in results}
+    if len(machines) != 1:
+        raise ValueError(f"one figure, one machine: these results come from {sorted(machines)}")
+    for res in results:
+        ratios(res["rows"])  # adds rss_increase_bytes
+    keys = [k for k, (key, _, _) in PANELS.items() if any(key in r for res in results
+                                                          for r in res["rows"])]
+    ts = sorted({r["T"] for res in results for r in res["rows"]})
+    log = ts[-1] >= 8 * ts[0]
+    fig, axes = plt.subplots(len(results), len(keys), figsize=(4.6 * len(keys), 3.6 * len(results)),
+                             squeeze=False, sharex=True)
+    handles = {}
+    for row, res, title in zip(axes, results, titles):
+        methods = [m for m in STYLE if any(r["method"] == m for r in res["rows"])]
+        for ax, k in zip(row, keys):
+            key, label, scale = PANELS[k]
+            for i, m in enumerate(methods):
+                pts = sorted((r["T"], r) for r in res["rows"] if r["method"] == m and key in r)
                 if not pts:
                     continue
-                xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+                name, colour, marker, filled = STYLE[m]
+                off = i - (len(methods) - 1) / 2  # side by side, so equal values stay visible
+                xs = [t * 2 ** (0.05 * off) if log else t + 0.02 * off * (ts[-1] - ts[0] or 1)
+                      for t, _ in pts]
+                ys = [r[key] / scale for _, r in pts]
+                kw = dict(color=colour, marker=marker, markersize=6, linewidth=1.2,
+                          markerfacecolor=colour if filled else "none", label=name)
                 if key == "time_median_s":
-                    lo = [p[1] - p[2]["time_min_s"] for p in pts]
-                    hi = [p[2]["time_max_s"] - p[1] for p in pts]
-                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=m)
+                    err = [[y - r["time_min_s"] for y, (_, r) in zip(ys, pts)],
+                           [r["time_max_s"] - y for y, (_, r) in zip(ys, pts)]]
+                    handles[name] = ax.errorbar(xs, ys, yerr=err, capsize=2, **kw)
                 else:
-                    ax.plot(xs, ys, marker="o", label=m)
-            ts = sorted({r["T"] for r in rows})
-            if ts[-1] >= 8 * ts[0]:  # a sweep over T: log axes, T labelled as measured
+                    handles[name] = ax.plot(xs, ys, **kw)[0]
+            if log:
                 ax.set_xscale("log", base=2)
+            if log and k == "time":
                 ax.set_yscale("log")
-                ax.set_xticks(ts, [str(t) for t in ts])
+            else:  # memory from 0: a spread of a few MiB stays a few MiB high
+                ax.set_ylim(bottom=0)
+            ax.set_xticks(ts, [str(t) for t in ts])
+            ax.tick_params(labelbottom=True)
             ax.set_xlabel("T (time steps)")
             ax.set_ylabel(label)
-            ax.grid(alpha=0.3)
-        axes[0][0].legend(fontsize=8)
-        cfg = result["config"]
-        fig.suptitle(f"{cfg['net']} (width/{cfg['width_div']}), batch {cfg['batch']}, "
-                     f"{result['machine'].get('gpu') or result['machine'].get('cpu_model', 'CPU')}",
-                     fontsize=9)
-        fig.tight_layout()
-        p = plot_dir / f"{name}_{kind}.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        out.append(p)
-    return out
+            ax.grid(alpha=0.3, which="both")
+        row[0].set_title(title, fontsize=9, loc="left")
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
+               frameon=False)
+    fig.suptitle(f"One training iteration against T, {machines.pop()}"
+                 + (" (median, bars min-max)" if "time" in keys else ""), fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, metadata={"Source": " ".join(sources),
+                                         "Machine": machine_label(results[0]["machine"])})
+    plt.close(fig)
+    return path
+
+
+def plot(result: dict, name: str, plot_dir: Path) -> list[Path]:
+    """``<plot_dir>/<name>.png``: the figure of one benchmark run."""
+    cfg = result["config"]
+    title = f"{cfg['net']}" + (f" (width/{cfg['width_div']})" if cfg.get("width_div", 1) != 1
+                                else "") + f", batch {cfg['batch']}"
+    return [figure([result], [title], [f"{name}.json"], plot_dir / f"{name}.png")]

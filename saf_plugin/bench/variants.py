@@ -27,7 +27,19 @@ def _replace(net: nn.Module, path: str, new: nn.Module) -> nn.Module:
     return net
 
 
-def _neuron_kwargs(m) -> dict:
+def _neuron_kwargs(method: str, path: str, m) -> dict:
+    """The arguments of the OTTT/SLTT neuron that replaces the LIF neuron ``m`` at ``path``;
+    a neuron those methods cannot replace exactly is refused with the reason."""
+    from spikingjelly.activation_based import neuron
+
+    cell = "OTTTLIFNode" if method == "ottt" else "SLTTLIFNode"
+    if not isinstance(m, neuron.LIFNode):
+        raise ValueError(f"SpikingJelly's {cell} replaces LIF neurons only "
+                         f"({path or '<root>'}: {type(m).__name__})")
+    if m.v_reset is not None:
+        raise ValueError(f"SpikingJelly's {cell} resets by subtraction ({path or '<root>'}: "
+                         "LIFNode with a hard reset, v_reset=0.0); --fix switches every "
+                         "method's model to soft reset")
     return dict(tau=float(m.tau), decay_input=m.decay_input, v_threshold=float(m.v_threshold),
                 v_reset=None, surrogate_function=m.surrogate_function,
                 detach_reset=m.detach_reset)
@@ -62,10 +74,10 @@ def variant(base: nn.Module, method: str) -> nn.Module:
             net = _replace(net, path, nn.ReLU())
     elif method == "sltt":
         for path, m in _neurons(net):
-            net = _replace(net, path, neuron.SLTTLIFNode(**_neuron_kwargs(m)))
+            net = _replace(net, path, neuron.SLTTLIFNode(**_neuron_kwargs(method, path, m)))
     elif method == "ottt":
         for path, m in _neurons(net):
-            kw = _neuron_kwargs(m)
+            kw = _neuron_kwargs(method, path, m)
             kw.pop("detach_reset")
             net = _replace(net, path, neuron.OTTTLIFNode(**kw))
         seqs = [(p, s) for p, s in net.named_modules() if type(s) is nn.Sequential

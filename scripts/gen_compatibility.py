@@ -1,6 +1,6 @@
 """Regenerate docs/compatibility.md from saf_plugin's registry and the engine's operation tables.
 
-    python docs/gen_compatibility.py          # rewrite the page
+    python scripts/gen_compatibility.py       # rewrite the page
     tests/test_docs.py fails when the committed page is stale.
 """
 
@@ -10,7 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 
-PAGE = Path(__file__).with_name("compatibility.md")
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "compatibility.md"
 
 
 def operations() -> list[tuple[str, str, str]]:
@@ -105,7 +105,7 @@ def rows() -> list[tuple[str, str, str, str, str]]:
 def render() -> str:
     lines = ["# Compatibility", "",
              "Generated from `saf_plugin.registry` and `saf_plugin.runtime` by "
-             "`docs/gen_compatibility.py` (do not edit by hand).", "",
+             "`scripts/gen_compatibility.py` (do not edit by hand).", "",
              "## Operations", "",
              "saf-plugin reads the data flow of a model's forward: every operation between "
              "neurons (in modules, functional calls or tensor methods) is routed by what it "
