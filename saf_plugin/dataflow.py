@@ -49,6 +49,7 @@ class Rep:
     site: Any = None
     raw: bool = False  # the network input, through no linear map or neuron (a loop's input)
     early: bool = False  # derived from the network input through no neuron
+    sent: bool = False  # STEP: a per-step neuron's output, ``decay`` its λ (a readout's trace)
     sites: tuple = ()  # the linear sites an ACC went through since its last neuron
     fout: bool = False  # SAF-F outputs collected over steps: only the model's output
     fbad: Optional[str] = None  # SAF-F: made per step (op at file:line); refused where it is used
@@ -151,8 +152,8 @@ def user_frame() -> str:
         owner = f.f_locals.get("self")
         if path is None and isinstance(owner, nn.Module) and "_saf_path" in owner.__dict__:
             path = owner.__dict__["_saf_path"] or "<root>"
-            if where == "<unknown>":  # a torch.nn module's own forward: its line, not the caller's
-                where = f"{f.f_code.co_filename}:{f.f_lineno}"
+            if where == "<unknown>" and "/saf_plugin/" not in name:  # a torch.nn module's own
+                where = f"{f.f_code.co_filename}:{f.f_lineno}"  # forward: its line, not the caller's
         if where != "<unknown>" and path is not None:
             break
         f = f.f_back

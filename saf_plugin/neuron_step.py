@@ -308,7 +308,7 @@ def per_step(rt, module, x, lam: float, one_step: Callable[[Tensor], Any], whole
             out = one_step(current)
         else:
             out = _cat([one_step(current[t:t + 1]) for t in range(current.shape[0])])
-    return rt.emit_steps(out)
+    return rt.emit_steps(out, lam)
 
 
 def _cat(outs: list):

@@ -433,7 +433,8 @@ class Runtime(Routes, LinearRoutes):
         v = x if rep is None or rep.kind == SPIKE else self.step_value(x, rep)
         if rep is not None and rep.call != self.call:
             v = v.detach()  # state from an earlier step (recurrence): history detached
-        lam = self.decay if lam is None else lam
+        if lam is None:
+            lam = rep.decay if rep is not None and rep.sent else self.decay
         if not v.is_floating_point():
             return v, lam  # the plain model's error for integer input
         v = self.high(v)
@@ -618,11 +619,13 @@ class Runtime(Routes, LinearRoutes):
         v = self.step_value(x, rep)
         return v.detach() if rep.call != self.call else v
 
-    def emit_steps(self, out):
-        """Tag the outputs of a per-step neuron (spikes, states) as per-step values."""
-        for o in tree_flatten(out)[0]:
-            if torch.is_tensor(o) and o.is_floating_point():
-                self.reps[o] = Rep(STEP, self.call, self.t, time=self.neuron_time(o))
+    def emit_steps(self, out, lam: float = 1.0):
+        """Tag the outputs of a per-step neuron (spikes, states) as per-step values, with the
+        neuron's decay λ (a map fed by them and no other neuron takes its trace with it)."""
+        for o in tensors_in(out):
+            if o.is_floating_point():
+                self.reps[o] = Rep(STEP, self.call, self.t, time=self.neuron_time(o), decay=lam,
+                                   sent=True)
         return out
 
     def emit(self, spikes: Tensor, acc: Tensor, lam: float, since: int = 0) -> Tensor:
