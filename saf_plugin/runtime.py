@@ -36,6 +36,7 @@ from .dataflow import (ACC, SPIKE, STEP, Refusal, Rep, Site, Tags, module_path, 
 from .engine import no_checkpoint
 from .errors import Finding, SAFStateError, WeightChangeWarning
 from .modes import Mode
+from .registry import model_step_mode, reset_advice
 from .linear_routes import LinearRoutes
 from .routes import Routes
 
@@ -109,8 +110,8 @@ class Runtime(Routes, LinearRoutes):
         self.seen: list = []   # a probe: (time layout, rows) of each neuron input from the input
 
     def model_step_mode(self) -> str:
-        return next((m.step_mode for m in self.neurons
-                     if isinstance(getattr(m, "step_mode", None), str)), "s")
+        """"s" or "m", as the neurons' library gives it (:func:`registry.model_step_mode`)."""
+        return model_step_mode(self.neurons)
 
     def signature(self, args: tuple):
         """Step mode 'm': what a probe's findings depend on (input shapes, training flags);
@@ -201,34 +202,30 @@ class Runtime(Routes, LinearRoutes):
             raise SAFStateError(
                 "this model is a copy (copy.deepcopy, torch.save/load) of a SAF model in the "
                 "middle of a sequence; SAF's per-sequence state is not copied, so the copy "
-                "cannot continue that sequence: reset it before running it (spikingjelly: "
-                "functional.reset_net(net); snntorch: utils.reset(net))")
+                f"cannot continue that sequence: reset it before running it {reset_advice(self.neurons)}")
         self.copied_mid_sequence = False
         if self.interrupted and not reset:
             raise SAFStateError(
                 "the previous step was interrupted (an exception inside forward), so the model's "
-                "state is half-updated; reset the model (spikingjelly: functional.reset_net(net); "
-                "snntorch: utils.reset(net)) and start the sequence again")
+                f"state is half-updated; reset the model {reset_advice(self.neurons)} and start the sequence again")
         self.interrupted = False
         if not self.started and any(a.plain_state is not None and a.plain_state(m)
                                     for m, a in zip(self.neurons, self.adapters)):
             raise SAFStateError(
                 "the model's neurons hold a state from a run before set_saf; SAF cannot continue "
-                "a sequence the plain model started: reset the model first (spikingjelly: "
-                "functional.reset_net(net))")
+                f"a sequence the plain model started: reset the model first {reset_advice(self.neurons)}")
         new = not self.started or reset
         ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
         if any(ran) and not all(ran) and not self.restart and self.started:
             raise SAFStateError(
                 "some neurons of the model were reset and others were not; under SAF reset the "
-                "whole model between sequences (spikingjelly: functional.reset_net(net); "
-                "snntorch: utils.reset(net))")
+                f"whole model between sequences {reset_advice(self.neurons)}")
         shape = None if not tensors else tuple(tensors[0].shape[1 if self.step_mode == "m" else 0:])
         if not new and shape != self.in_shape:
             if not any(a.reset_on_shape_change for a in self.adapters):
                 raise SAFStateError(
                     f"the input shape changed from {self.in_shape} to {shape} without a reset; "
-                    "reset the model between sequences (spikingjelly: functional.reset_net(net))")
+                    f"reset the model between sequences {reset_advice(self.neurons)}")
             new = True  # snnTorch starts over with a new batch size, and so does SAF
         self.in_shape = shape
         self.steps = steps

@@ -51,9 +51,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .swap import saf_mode
+from .converted import saf_mode
 from .errors import SAFStateError
 from .modes import Mode, keeps_graph
+from .registry import keeps_state_in_buffers, model_step_mode, reset_model, step_mode_advice
 
 __all__ = ["train_step", "train_epoch", "prediction", "EpochStats", "SavedTensorMeter"]
 
@@ -64,28 +65,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def reset_state(net: nn.Module) -> None:
-    """Reset every neuron's state in ``net`` through its library's own mechanism.
-
-    SpikingJelly: ``functional.reset_net(net)`` (resets SAF memories too). snnTorch: the
-    ``reset_mem()`` of every neuron found by walking ``net.modules()`` (never the global
-    ``SpikingNeuron.instances`` registry, which misses deep copies and resets unrelated nets).
-    """
-    sj = sys.modules.get("spikingjelly.activation_based.base")
-    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
-    sj_mem = getattr(sj, "MemoryModule", None)
-    sn_neuron = getattr(sn, "SpikingNeuron", None)
-    has_sj = False
-    for m in net.modules():
-        if sj_mem is not None and isinstance(m, sj_mem):
-            has_sj = True
-        elif sn_neuron is not None and isinstance(m, sn_neuron):
-            reset = getattr(m, "reset_mem", None)
-            if reset is not None:
-                reset()
-    if has_sj:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(net)
+    """Reset every neuron's state in ``net`` through its library's own mechanism (SpikingJelly's
+    ``functional.reset_net``, snnTorch's ``reset_mem()`` of each neuron in ``net``), which
+    starts a new sequence under SAF too."""
+    reset_model(net)
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -105,11 +88,7 @@ def _no_sync(net: nn.Module, skip: bool):
 
 def _buffer_states(net: nn.Module) -> list[str]:
     """Paths of the neurons that keep their state in buffers (snnTorch's ``mem``, ``syn``...)."""
-    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
-    neuron = getattr(sn, "SpikingNeuron", None)
-    if neuron is None:
-        return []
-    return [p or "<root>" for p, m in net.named_modules() if isinstance(m, neuron)]
+    return [p or "<root>" for p, m in net.named_modules() if keeps_state_in_buffers(m)]
 
 
 def _check_ddp(ddp: DistributedDataParallel, model: nn.Module, *, no_sync: bool,
@@ -130,14 +109,6 @@ def _check_ddp(ddp: DistributedDataParallel, model: nn.Module, *, no_sync: bool,
             "every process before a forward that follows a synchronising one: the other "
             "processes would continue the sequence from process 0's state. Wrap the model with "
             "DistributedDataParallel(model, broadcast_buffers=False)")
-
-
-def _step_mode(net: nn.Module) -> str:
-    for m in net.modules():
-        mode = getattr(m, "step_mode", None)
-        if isinstance(mode, str) and hasattr(m, "_memories"):
-            return mode
-    return "s"
 
 
 def _first(y):
@@ -207,11 +178,11 @@ def train_step(
     if online and mode != Mode.E:
         raise SAFStateError(f"online=True needs SAF-E (set_saf(net, 'E')); the model is in "
                             f"mode {mode!r}")
-    step_mode = _step_mode(model)
+    step_mode = model_step_mode(model.modules())
     if online and step_mode == "m":
         raise SAFStateError("online=True steps the optimizer after every time step, but in step "
                             "mode 'm' the whole sequence is one call: switch the model to step "
-                            "mode 's' (functional.set_step_mode(net, 's')) before set_saf")
+                            f"mode 's' ({step_mode_advice(repr('s'))}) before set_saf")
     if isinstance(net, DistributedDataParallel):
         per_step = step_mode == "s" and T > 1
         _check_ddp(net, model, no_sync=mode == Mode.E and per_step and not online,

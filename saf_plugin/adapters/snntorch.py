@@ -82,7 +82,6 @@ Losses of ``snntorch.functional`` on SAF-E outputs (spikes [T, B, C] stacked by 
 
 from __future__ import annotations
 
-
 import snntorch as snn
 import torch
 from torch import Tensor, nn
@@ -91,7 +90,7 @@ from .. import _classes, neuron_step
 from ..core import host_float
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams, NeuronState
-from ..registry import NeuronAdapter, Spec, lookup, register
+from ..registry import NeuronFunctions, Spec, lookup, register, register_library
 from ..modes import Mode
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
@@ -198,7 +197,7 @@ def _chain(m: nn.Module, rt, mem):
 _STATES = ("mem", "syn", "spk", "syn_exc", "syn_inh")  # snnTorch's hidden-state buffers
 
 
-def _detach_states(m: nn.Module) -> None:
+def detach_states(m: nn.Module) -> None:
     for name in _STATES:
         value = getattr(m, name, None)
         if torch.is_tensor(value) and value.requires_grad:
@@ -212,13 +211,13 @@ def _per_step_forward(self, input_, *args, **kwargs):
     forward = type(self)._saf_base.forward
 
     def one_step(current):
-        _detach_states(self)
+        detach_states(self)
         a = [x.detach() if torch.is_tensor(x) else x for x in args]
         kw = {k: x.detach() if torch.is_tensor(x) else x for k, x in kwargs.items()}
         return forward(self, current, *a, **kw)
 
     out = neuron_step.per_step(rt, self, input_, self._saf_spec.neuron.decay(self), one_step)
-    _detach_states(self)  # the returned states keep their graph; the module holds none
+    detach_states(self)  # the returned states keep their graph; the module holds none
     self._saf_mem_ref = self.mem
     return out
 
@@ -308,9 +307,9 @@ def fix_leaky(m: nn.Module) -> str:
     return "reset_mechanism='zero' -> 'subtract' (reset by subtraction)"
 
 
-ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True,
-                        closed_form=closed_form)
+ADAPTER = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                          is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True,
+                          closed_form=closed_form)
 LEAKY = Spec("neuron", judge=judge_leaky, neuron=ADAPTER, dynamics=(
     "forward", "fire", "mem_reset", "_base_state_function", "_base_sub", "_base_int"))
 register(snn.Leaky, LEAKY)
@@ -321,9 +320,9 @@ def per_step_class(cls: type) -> type:
                                          "_call_impl": neuron_step.call_with_real_input})
 
 
-PER_STEP = NeuronAdapter(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
-                         is_fresh=is_fresh, reset_on_shape_change=True,
-                         closed_form=lambda m: False)
+PER_STEP = NeuronFunctions(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
+                           is_fresh=is_fresh, reset_on_shape_change=True,
+                           closed_form=lambda m: False)
 
 
 # --------------------------------------------------------------------------- refusals
@@ -385,3 +384,58 @@ def judge_modulelist(m: nn.Module):
 
 
 register(nn.ModuleList, Spec("container", judge=judge_modulelist))
+
+
+# --------------------------------------------------------------------------- the library
+
+
+class SnnTorchLibrary:
+    """snnTorch's :class:`~saf_plugin.contracts.LibraryAdapter`: ``SpikingNeuron`` subclasses
+    (state in buffers and attributes: ``mem``, ``syn``, ``spk``; reset by ``reset_mem``), one
+    step per call."""
+
+    name = "snntorch"
+    reset_advice = "utils.reset(net)"
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(module, snn.SpikingNeuron)
+
+    def step_mode(self, module: nn.Module):
+        return None
+
+    def step_mode_advice(self, mode: str):
+        return None
+
+    def reset(self, net: nn.Module) -> None:
+        """``reset_mem()`` of every neuron found by walking ``net.modules()`` (never the global
+        ``SpikingNeuron.instances`` registry, which misses deep copies and resets unrelated
+        nets)."""
+        for m in net.modules():
+            if isinstance(m, snn.SpikingNeuron):
+                reset = getattr(m, "reset_mem", None)
+                if reset is not None:
+                    reset()
+
+    def detach_state(self, module: nn.Module) -> None:
+        detach_states(module)
+
+    def state_stores(self, module: nn.Module):
+        return ()
+
+    def keeps_state_in_buffers(self, module: nn.Module) -> bool:
+        return isinstance(module, snn.SpikingNeuron)
+
+    def classes_changed(self, net: nn.Module) -> None:
+        pass
+
+    def neuron_adapter(self, cls: type, decay, lif):
+        if lif is not None or not issubclass(cls, snn.SpikingNeuron):
+            return None
+        adapter = NeuronFunctions(
+            saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
+            is_fresh=is_fresh, reset_on_shape_change=True, closed_form=lambda m: False)
+        return adapter, judge_per_step
+
+
+LIBRARY = SnnTorchLibrary()
+register_library(LIBRARY)

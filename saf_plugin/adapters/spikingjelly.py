@@ -28,10 +28,8 @@ from .. import _classes, neuron_step
 from ..core import host_float
 from ..dataflow import STEP
 from ..neuron_step import NeuronParams
-from ..registry import NeuronAdapter, Spec, lookup, register, register_like
+from ..registry import NeuronFunctions, Spec, lookup, register, register_library, register_like
 from . import torch_nn
-
-
 
 def decay(m: nn.Module):
     """λ of a SpikingJelly neuron: 1 − sigmoid(w) (ParametricLIF), 1 − 1/τ (a neuron with a time
@@ -95,7 +93,7 @@ def closed_form(m: nn.Module) -> bool:
     return spec.neuron is not PER_STEP and spec.neuron.route(m) == "closed form"
 
 
-def _detach_memories(m: nn.Module) -> None:
+def detach_memories(m: nn.Module) -> None:
     """Detach the state of ``m`` (and of the modules inside it: a recurrent container's)."""
     for mod in m.modules():
         for name, value in getattr(mod, "_memories", {}).items():
@@ -115,7 +113,7 @@ def _forward(self, x, *args, **kwargs):
     base = type(self)._saf_base
 
     def one_step(current):  # the module's own forward (its step mode picks single/multi-step)
-        _detach_memories(self)  # OTTT's rule: the state's history is a constant
+        detach_memories(self)  # OTTT's rule: the state's history is a constant
         self.__dict__["_saf_inner"] = True
         try:
             return base.forward(self, current, *args, **kwargs)
@@ -290,11 +288,11 @@ def plain_state(m: nn.Module) -> bool:
     return closed_form(m) and torch.is_tensor(m._memories.get("v"))
 
 
-ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
-                        closed_form=closed_form, params=params, decay_value=decay_value)
-PER_STEP = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                         is_fresh=is_fresh, closed_form=closed_form, decay_value=decay_value)
+ADAPTER = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                          is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
+                           closed_form=closed_form, params=params, decay_value=decay_value)
+PER_STEP = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                           is_fresh=is_fresh, closed_form=closed_form, decay_value=decay_value)
 _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
              "single_step_forward", "multi_step_forward", "forward", "neuronal_charge",
              "neuronal_fire", "neuronal_reset")
@@ -377,3 +375,71 @@ for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
 for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
                     "OTTTSequential"):
     register(_cls, Spec("container"))
+
+
+# --------------------------------------------------------------------------- the library
+
+
+def _lif_params(p: dict) -> NeuronParams:
+    """``register_neuron(..., lif=...)``'s parameters as the closed form's."""
+    return NeuronParams(float(p["decay"]), None, float(p["threshold"]), p.get("input_scale"),
+                        p["surrogate"])
+
+
+def _judge_closed(m: nn.Module):
+    return ("exact", "closed form (registered LIF parameters)", "")
+
+
+class SpikingJellyLibrary:
+    """SpikingJelly's :class:`~saf_plugin.contracts.LibraryAdapter`: memory modules (state in
+    ``_memories``, reset by ``functional.reset_net``), step modes 's' and 'm'."""
+
+    name = "spikingjelly"
+    reset_advice = "functional.reset_net(net)"
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(getattr(module, "_memories", None), dict)
+
+    def step_mode(self, module: nn.Module):
+        mode = getattr(module, "step_mode", None)
+        return mode if isinstance(mode, str) and hasattr(module, "_memories") else None
+
+    def step_mode_advice(self, mode: str) -> str:
+        return f"functional.set_step_mode(net, {mode})"
+
+    def reset(self, net: nn.Module) -> None:
+        if any(isinstance(m, base.MemoryModule) for m in net.modules()):
+            from spikingjelly.activation_based import functional
+
+            functional.reset_net(net)  # (resets SAF's memory too: a new sequence)
+
+    def detach_state(self, module: nn.Module) -> None:
+        detach_memories(module)
+
+    def state_stores(self, module: nn.Module):
+        memories = module.__dict__.get("_memories")
+        return (memories,) if memories else ()
+
+    def keeps_state_in_buffers(self, module: nn.Module) -> bool:
+        return False
+
+    def classes_changed(self, net: nn.Module) -> None:
+        import sys
+
+        fn = getattr(sys.modules.get("spikingjelly.activation_based.functional"),
+                     "invalidate_reset_cache", None)
+        if fn is not None:
+            fn(net)
+
+    def neuron_adapter(self, cls: type, decay, lif):
+        if not issubclass(cls, base.MemoryModule):
+            return None
+        adapter = NeuronFunctions(
+            saf_class=saf_class, attach=attach, detach=detach, decay=decay, is_fresh=is_fresh,
+            closed_form=lambda m: lif is not None,
+            params=None if lif is None else (lambda m: _lif_params(lif(m))))
+        return adapter, (judge_neuron if lif is None else _judge_closed)
+
+
+LIBRARY = SpikingJellyLibrary()
+register_library(LIBRARY)
