@@ -55,17 +55,7 @@ def set_saf(net: nn.Module, mode: Optional[str], *, accumulate: Optional[torch.d
     sequences?"). Costs float64 arithmetic in the linear maps (slow on most GPUs). Kept with
     the model's SAF state (``copy.deepcopy``, ``torch.save``).
     """
-    if mode not in MODES:
-        raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
-    if accumulate is not None and (accumulate is not torch.float64 or mode is None):
-        raise ValueError(
-            f"accumulate={accumulate!r} is not supported" + (
-                " with mode None (the plain model has no accumulations)" if mode is None else "")
-            + "; valid: accumulate=None (accumulations in the model's dtype) or "
-            "accumulate=torch.float64 with mode 'E' or 'F'")
-    if on_weight_change not in ("warn", "accept", "raise"):
-        raise ValueError(f"on_weight_change={on_weight_change!r}; valid: 'warn', 'accept', "
-                         "'raise'")
+    _check_options(mode, accumulate, on_weight_change)
     mode = None if mode is None else Mode(mode)
     if compiled_model(net) is not None:  # torch.compile(net): switch the model it compiles (its
         set_saf(compiled_model(net), mode, accumulate=accumulate,  # forward then runs the engine
@@ -93,6 +83,21 @@ def set_saf(net: nn.Module, mode: Optional[str], *, accumulate: Optional[torch.d
     revert(net)
     _apply(net, mode, accumulate, on_weight_change)
     return net
+
+
+def _check_options(mode, accumulate, on_weight_change: str) -> None:
+    """Refuse an unknown mode, accumulation dtype or ``on_weight_change``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown SAF mode {mode!r}; valid modes are 'E', 'F' and None")
+    if accumulate is not None and (accumulate is not torch.float64 or mode is None):
+        raise ValueError(
+            f"accumulate={accumulate!r} is not supported" + (
+                " with mode None (the plain model has no accumulations)" if mode is None else "")
+            + "; valid: accumulate=None (accumulations in the model's dtype) or "
+            "accumulate=torch.float64 with mode 'E' or 'F'")
+    if on_weight_change not in ("warn", "accept", "raise"):
+        raise ValueError(f"on_weight_change={on_weight_change!r}; valid: 'warn', 'accept', "
+                         "'raise'")
 
 
 def _apply(net: nn.Module, mode: str, accumulate=None, on_weight_change: str = "warn") -> None:

@@ -92,6 +92,7 @@ from ..errors import SAFStateError
 from ..neuron_step import NeuronParams, NeuronState
 from ..registry import NeuronFunctions, Spec, lookup, register, register_library
 from ..modes import Mode
+from . import snntorch_refusals  # noqa: F401  (registers what is refused)
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
@@ -325,65 +326,8 @@ PER_STEP = NeuronFunctions(saf_class=per_step_class, attach=attach, detach=detac
                            closed_form=lambda m: False)
 
 
-# --------------------------------------------------------------------------- refusals
-
-
-def _refuse(reason: str, fix_hint: str):
-    return lambda m: ("unsupported", reason, fix_hint)
-
-
-_SEQUENCE = "a sequence-level neuron (it processes all time steps in one call)"
-_REFUSED = {
-    "StateLeaky": (_SEQUENCE, "use snn.Leaky driven step by step"),
-    "LinearLeaky": (_SEQUENCE, "use nn.Linear followed by snn.Leaky"),
-    "LeakyParallel": (_SEQUENCE, "use snn.Leaky driven step by step"),
-    "AssociativeLeaky": (_SEQUENCE + " with associative state", "use snn.Leaky"),
-    "Alpha": ("an alpha neuron: its input reaches the membrane through two currents that cancel "
-              "within a step (α- and β-current: +I and −I), so OTTT's instantaneous gradient, "
-              "which SAF-E trains with, is zero: nothing would learn",
-              "use snn.Synaptic (or snn.Leaky)"),
-    "DeltaLeaky": ("a Leaky that transmits membrane deltas, not spikes", "use snn.Leaky"),
-    "SLSTM": ("a spiking LSTM: its gates are nonlinear in the input", "use snn.Leaky"),
-    "SConv2dLSTM": ("a spiking conv-LSTM: its gates are nonlinear in the input",
-                    "use nn.Conv2d followed by snn.Leaky"),
-}
 for _name in ("Synaptic", "Lapicque", "RLeaky", "RSynaptic"):
     register(getattr(snn, _name), Spec("neuron", judge=judge_per_step, neuron=PER_STEP))
-for _name, (_reason, _fix) in _REFUSED.items():
-    _cls = getattr(snn, _name, None)
-    if _cls is not None:
-        register(_cls, Spec("neuron", judge=_refuse(f"snntorch.{_name} is {_reason}", _fix)))
-register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
-    "saf-plugin does not know this snnTorch neuron (a subclass that overrides a known neuron's "
-    "dynamics, or a neuron it does not list)",
-    "saf_plugin.register_neuron(cls, decay=...) runs it per step (docs/extending.md)")))
-
-def _is_bntt(kids) -> bool:
-    """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of
-    one width, affine, with the bias removed (``bn.bias = None``). An ordinary list of
-    BatchNorms keeps its bias and is not BNTT. (BNTT built with ``affine=False`` looks like any
-    list of non-affine BatchNorms and is not recognised by class; the engine then refuses it at
-    run time, as a linear map that changes from step to step.)"""
-    if len(kids) < 2 or type(kids[0]) not in (nn.BatchNorm1d, nn.BatchNorm2d):
-        return False
-    first = kids[0]
-    return all(type(k) is type(first) and k.num_features == first.num_features and k.affine
-               and k.weight is not None and k.bias is None for k in kids)
-
-
-def judge_modulelist(m: nn.Module):
-    """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""
-    kids = list(m.children())
-    if _is_bntt(kids):
-        return ("unsupported",
-                f"a ModuleList of {len(kids)} {type(kids[0]).__name__} (snntorch.BatchNormTT: "
-                "one BatchNorm per time step) is a time-varying affine map, which SAF's "
-                "accumulations cannot carry",
-                "use one BatchNorm (in eval mode) or weight-standardised layers")
-    return ("exact", "container", "")
-
-
-register(nn.ModuleList, Spec("container", judge=judge_modulelist))
 
 
 # --------------------------------------------------------------------------- the library
@@ -416,8 +360,7 @@ class SnnTorchLibrary:
                 if reset is not None:
                     reset()
 
-    def detach_state(self, module: nn.Module) -> None:
-        detach_states(module)
+    detach_state = staticmethod(detach_states)
 
     def state_stores(self, module: nn.Module):
         return ()

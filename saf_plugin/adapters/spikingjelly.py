@@ -7,8 +7,8 @@ starts a new sequence (the SAF state itself lives in the model's runtime). A clo
 does not need its membrane, so ``v`` is computed when it is read (v[t] = ρ Y[t] − θ â[t],
 :func:`saf_plugin.neuron_step.membrane`; in step mode 'm' after every call, with ``v_seq``
 when ``store_v_seq`` is set): ``lif.v``, monitors and switching back to the plain model in the
-middle of a sequence see the plain model's membrane. Layers are not converted: their
-operations are judged from the data flow (``saf_plugin/runtime.py``).
+middle of a sequence see the plain model's membrane. Layers are not converted (the few SAF
+knows by class: :mod:`.spikingjelly_layers`).
 
 Both generations share this adapter; what only one of them has is looked up by name (2.0:
 ``OTTTLIFNode``, ``SLTTLIFNode``, ``WSConv2d``, ``OTTTSequential``; 0.0.0.0.14: ``backend``).
@@ -20,6 +20,8 @@ cannot run, as SpikingJelly's own ``'cupy'`` does), ``'torch'`` -> the PyTorch s
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
@@ -29,7 +31,8 @@ from ..core import host_float
 from ..dataflow import STEP
 from ..neuron_step import NeuronParams
 from ..registry import NeuronFunctions, Spec, lookup, register, register_library, register_like
-from . import torch_nn
+from . import spikingjelly_layers  # noqa: F401  (registers SpikingJelly's layers)
+
 
 def decay(m: nn.Module):
     """λ of a SpikingJelly neuron: 1 − sigmoid(w) (ParametricLIF), 1 − 1/τ (a neuron with a time
@@ -334,49 +337,6 @@ MEMORY_LIKE = Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=())
 register_like(_memory_like)
 
 
-def fix_maxpool(m: nn.Module):
-    """layer.MaxPoolNd -> layer.AvgPoolNd with the same geometry and step mode."""
-    new, note = torch_nn.fix_maxpool(m)
-    if new is None:
-        return new, note
-    sj = getattr(layer, type(new).__name__)
-    new = sj(new.kernel_size, new.stride, new.padding, ceil_mode=new.ceil_mode,
-             count_include_pad=False, step_mode=m.step_mode)
-    return new, f"replaced {type(m).__name__} by layer.{type(new).__name__} (same geometry)"
-
-
-def cached_standardised_weight(self):
-    """WSConv2d/WSLinear under SAF: without autograd (SAF-F's steps 0..T−2, inference) the
-    standardised weight is computed once per weight version instead of at every step."""
-    base = type(self)._saf_base
-    if torch.is_grad_enabled():  # parameters only: no operation the engine must see
-        with torch._C.DisableTorchFunction():
-            return base.get_weight(self)
-    gain = getattr(self, "gain", None)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
-                for p in (self.weight, gain) if p is not None)
-    cached = self.__dict__.get("_saf_ws_cache")
-    if cached is None or cached[0] != key:
-        cached = (key, base.get_weight(self))
-        self.__dict__["_saf_ws_cache"] = cached
-    return cached[1]
-
-
-def _layers(*names: str) -> list[type]:
-    return [getattr(layer, name) for name in names if hasattr(layer, name)]
-
-
-for _cls in _layers("Dropout", "Dropout2d"):  # one mask per sequence: a product with a constant
-    register(_cls, Spec("linear"))
-for _cls in _layers("WSConv2d", "WSLinear"):
-    register(_cls, Spec("linear", methods={"get_weight": cached_standardised_weight}))
-for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
-    register(_cls, Spec("nonlinear", fix=fix_maxpool))
-for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
-                    "OTTTSequential"):
-    register(_cls, Spec("container"))
-
-
 # --------------------------------------------------------------------------- the library
 
 
@@ -413,8 +373,7 @@ class SpikingJellyLibrary:
 
             functional.reset_net(net)  # (resets SAF's memory too: a new sequence)
 
-    def detach_state(self, module: nn.Module) -> None:
-        detach_memories(module)
+    detach_state = staticmethod(detach_memories)
 
     def state_stores(self, module: nn.Module):
         memories = module.__dict__.get("_memories")
@@ -424,8 +383,6 @@ class SpikingJellyLibrary:
         return False
 
     def classes_changed(self, net: nn.Module) -> None:
-        import sys
-
         fn = getattr(sys.modules.get("spikingjelly.activation_based.functional"),
                      "invalidate_reset_cache", None)
         if fn is not None:

@@ -29,71 +29,18 @@ class Steps:
     """Calls, steps and sequences; the sites of the linear maps."""
 
     def begin(self, args: tuple, sig=None) -> None:
+        """Start a call of the model on ``args`` (``sig``: its signature in step mode 'm',
+        :meth:`signature`): the input's time layout and steps, whether the call starts a new
+        sequence (or continues one, or must be refused), the step's counters; the inputs are
+        tagged as per-step values."""
         self.step_mode = self.model_step_mode()
         fresh = [a.is_fresh(m) for m, a in zip(self.neurons, self.adapters)]
         tensors = tensors_in(args)
         if self.buffers is None:
             self.buffers = WeakIdKeyDictionary({b: True for b in self.root.buffers()})
-        input_time = None
-        if self.step_mode == "m":
-            if not tensors or tensors[0].dim() == 0:
-                raise ValueError("in step mode 'm' the model's input must be [T, B, ...]")
-            if self.probing:
-                dim, steps = self.probing
-                input_time = None if dim is None else (dim, 1)
-                self.lesson_now = None
-            else:
-                self.lesson_now = self.learned.get(sig)
-                input_time = (0, 1) if self.lesson_now is None else self.lesson_now.input_time
-                steps = (self.lesson_now.steps if input_time is None and self.lesson_now
-                         else tensors[0].shape[input_time[0]])
-            if self.own_time:
-                steps = self.steps
-        else:
-            steps = 1
-        for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
-            if x.is_floating_point() and x.device.type == "cpu" and not bool(
-                    torch.isfinite(x).all()):
-                raise ValueError(
-                    "the input holds nan or ±inf; SAF accumulates its input (â[t] = λ â[t−1] + "
-                    "x[t]), where a non-finite value never leaves and inf − inf gives nan, so "
-                    "SAF refuses it (on CUDA this is not checked: it would synchronise every "
-                    "step); clean the input, or run the plain model")
-        if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
-            raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
-                             "at least one step")
-        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
-        reset = self.restart or bool(fresh and all(fresh)) or bool(ran and all(ran))
-        if self.copied_mid_sequence and not reset:
-            raise SAFStateError(
-                "this model is a copy (copy.deepcopy, torch.save/load) of a SAF model in the "
-                "middle of a sequence; SAF's per-sequence state is not copied, so the copy "
-                f"cannot continue that sequence: reset it before running it {reset_advice(self.neurons)}")
-        self.copied_mid_sequence = False
-        if self.interrupted and not reset:
-            raise SAFStateError(
-                "the previous step was interrupted (an exception inside forward), so the model's "
-                f"state is half-updated; reset the model {reset_advice(self.neurons)} and start the sequence again")
-        self.interrupted = False
-        if not self.started and any(a.plain_state is not None and a.plain_state(m)
-                                    for m, a in zip(self.neurons, self.adapters)):
-            raise SAFStateError(
-                "the model's neurons hold a state from a run before set_saf; SAF cannot continue "
-                f"a sequence the plain model started: reset the model first {reset_advice(self.neurons)}")
-        new = not self.started or reset
-        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
-        if any(ran) and not all(ran) and not self.restart and self.started:
-            raise SAFStateError(
-                "some neurons of the model were reset and others were not; under SAF reset the "
-                f"whole model between sequences {reset_advice(self.neurons)}")
-        shape = None if not tensors else tuple(tensors[0].shape[1 if self.step_mode == "m" else 0:])
-        if not new and shape != self.in_shape:
-            if not any(a.reset_on_shape_change for a in self.adapters):
-                raise SAFStateError(
-                    f"the input shape changed from {self.in_shape} to {shape} without a reset; "
-                    f"reset the model between sequences {reset_advice(self.neurons)}")
-            new = True  # snnTorch starts over with a new batch size, and so does SAF
-        self.in_shape = shape
+        input_time, steps = self._input_layout(tensors, sig)
+        _check_input(tensors)
+        new = self._starts_sequence(fresh, tensors)
         self.steps = steps
         if new:
             self.new_sequence()
@@ -111,6 +58,68 @@ class Steps:
             self.dtype = self.model_dtype(tensors)
         for i, x in enumerate(tensors):  # step mode 'm': the first input's time, as learnt
             self.tag(x, STEP, raw=True, early=True, time=input_time if i == 0 else None)
+
+    def _input_layout(self, tensors: list, sig) -> tuple[Optional[tuple], int]:
+        """(the time layout of the first input, the steps of this call): (None, 1) in step mode
+        's'; in 'm' what the probe learnt for this signature (or is testing), else dim 0."""
+        if self.step_mode != "m":
+            return None, 1
+        if not tensors or tensors[0].dim() == 0:
+            raise ValueError("in step mode 'm' the model's input must be [T, B, ...]")
+        if self.probing:
+            dim, steps = self.probing
+            input_time = None if dim is None else (dim, 1)
+            self.lesson_now = None
+        else:
+            self.lesson_now = self.learned.get(sig)
+            input_time = (0, 1) if self.lesson_now is None else self.lesson_now.input_time
+            steps = (self.lesson_now.steps if input_time is None and self.lesson_now
+                     else tensors[0].shape[input_time[0]])
+        if self.own_time:
+            steps = self.steps
+        return input_time, steps
+
+    def _starts_sequence(self, fresh: list, tensors: list) -> bool:
+        """Whether this call starts a new sequence (every neuron reset, or a new input shape
+        where the library starts over); refuses a call that can only continue a sequence SAF
+        does not have (a copy made mid-sequence, an interrupted step, a state from the plain
+        model, a partial reset, a new input shape without a reset)."""
+        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
+        reset = self.restart or bool(fresh and all(fresh)) or bool(ran and all(ran))
+        if self.copied_mid_sequence and not reset:
+            raise SAFStateError(
+                "this model is a copy (copy.deepcopy, torch.save/load) of a SAF model in the "
+                "middle of a sequence; SAF's per-sequence state is not copied, so the copy "
+                "cannot continue that sequence: reset it before running it "
+                + reset_advice(self.neurons))
+        self.copied_mid_sequence = False
+        if self.interrupted and not reset:
+            raise SAFStateError(
+                "the previous step was interrupted (an exception inside forward), so the model's "
+                f"state is half-updated; reset the model {reset_advice(self.neurons)} and start "
+                "the sequence again")
+        self.interrupted = False
+        if not self.started and any(a.plain_state is not None and a.plain_state(m)
+                                    for m, a in zip(self.neurons, self.adapters)):
+            raise SAFStateError(
+                "the model's neurons hold a state from a run before set_saf; SAF cannot continue "
+                "a sequence the plain model started: reset the model first "
+                + reset_advice(self.neurons))
+        new = not self.started or reset
+        ran = [f for f, m in zip(fresh, self.neurons) if id(m) in self.ran]
+        if any(ran) and not all(ran) and not self.restart and self.started:
+            raise SAFStateError(
+                "some neurons of the model were reset and others were not; under SAF reset the "
+                f"whole model between sequences {reset_advice(self.neurons)}")
+        shape = None if not tensors else tuple(tensors[0].shape[1 if self.step_mode == "m" else 0:])
+        if not new and shape != self.in_shape:
+            if not any(a.reset_on_shape_change for a in self.adapters):
+                raise SAFStateError(
+                    f"the input shape changed from {self.in_shape} to {shape} without a reset; "
+                    f"reset the model between sequences {reset_advice(self.neurons)}")
+            new = True  # snnTorch starts over with a new batch size, and so does SAF
+        self.in_shape = shape
+        return new
 
     def new_sequence(self) -> None:
         self.t = 0
@@ -228,3 +237,18 @@ class Steps:
             warnings.warn(why + ". This is SAF-E's online semantics (OTTT_O); to silence this "
                           "pass set_saf(..., on_weight_change='accept'), to refuse it 'raise'",
                           WeightChangeWarning, stacklevel=2)
+
+
+def _check_input(tensors: list) -> None:
+    """Refuse an input SAF cannot accumulate: nan or ±inf (on the CPU), or an empty one."""
+    for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
+        if x.is_floating_point() and x.device.type == "cpu" and not bool(
+                torch.isfinite(x).all()):
+            raise ValueError(
+                "the input holds nan or ±inf; SAF accumulates its input (â[t] = λ â[t−1] + "
+                "x[t]), where a non-finite value never leaves and inf − inf gives nan, so "
+                "SAF refuses it (on CUDA this is not checked: it would synchronise every "
+                "step); clean the input, or run the plain model")
+    if tensors and tensors[0].dim() > 0 and tensors[0].shape[0] == 0:
+        raise ValueError("the input is empty (T = 0 time steps, or a batch of 0); SAF needs "
+                         "at least one step")
