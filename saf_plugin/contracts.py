@@ -101,7 +101,8 @@ class LibraryAdapter(Protocol):
 
     def step_mode(self, module: nn.Module) -> Optional[str]:
         """``module``'s step mode, "s" (one step per call, [B, ...]) or "m" (a sequence per
-        call, [T, B, ...]), where the library gives it one; else None (one step per call)."""
+        call, [T, B, ...]), where the library gives it one (its layers too); else None (one
+        step per call). A model's step mode is its first stateful module's."""
 
     def step_mode_advice(self, mode: str) -> Optional[str]:
         """Code that switches a model to step mode ``mode`` (e.g. "'s'"), or None where the

@@ -22,7 +22,8 @@ from typing import Callable, Iterable, Literal, Optional
 import torch
 from torch import Tensor, nn
 
-from .contracts import Judgement, LibraryAdapter, NeuronAdapter
+from . import contracts
+from .contracts import Judgement, LibraryAdapter
 
 Role = Literal["neuron", "linear", "nonlinear", "container", "stateful"]
 
@@ -85,7 +86,7 @@ class Spec:
     judge: Optional[Callable[[nn.Module], Judgement]] = None
     shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
     whole: bool = False
-    neuron: Optional[NeuronAdapter] = None  # (contracts.NeuronAdapter)
+    neuron: Optional[contracts.NeuronAdapter] = None
     fix: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
     methods: dict[str, Callable] = field(default_factory=dict)
@@ -167,35 +168,34 @@ def libraries() -> list[LibraryAdapter]:
     return list(_LIBRARIES.values())
 
 
-def library_of(module: nn.Module) -> Optional[LibraryAdapter]:
-    """The adapter of the library ``module`` belongs to (a neuron or memory module of it), or
-    None."""
-    return next((lib for lib in libraries() if lib.owns(module)), None)
-
-
 def model_library(net: nn.Module) -> Optional[LibraryAdapter]:
     """The adapter of the first library that owns a module of ``net``, or None."""
     libs = libraries()
     return next((lib for m in net.modules() for lib in libs if lib.owns(m)), None)
 
 
+def module_step_mode(module: nn.Module) -> Optional[str]:
+    """The step mode its library gives ``module`` ("s" or "m"; a layer's too), or None."""
+    return next((mode for mode in (lib.step_mode(module) for lib in libraries())
+                 if mode is not None), None)
+
+
 def model_step_mode(modules: Iterable[nn.Module]) -> str:
-    """The step mode of the first of ``modules`` its library gives one ("s" or "m"); "s" when
-    none has one."""
+    """The step mode of the first of ``modules`` that is a library's stateful module (a neuron,
+    a memory module) with a step mode ("s" or "m"); "s" when none has one."""
     libs = libraries()
     for m in modules:
         for lib in libs:
-            mode = lib.step_mode(m)
-            if mode is not None:
-                return mode
+            if lib.owns(m):
+                mode = lib.step_mode(m)
+                if mode is not None:
+                    return mode
     return "s"
 
 
 def step_modes(modules: Iterable[nn.Module]) -> set[str]:
     """The step modes of ``modules`` ("s" for a module without one)."""
-    libs = libraries()
-    return {next((mode for mode in (lib.step_mode(m) for lib in libs) if mode is not None), "s")
-            for m in modules}
+    return {module_step_mode(m) or "s" for m in modules}
 
 
 def step_mode_advice(mode: str) -> str:

@@ -362,7 +362,7 @@ class SpikingJellyLibrary:
 
     def step_mode(self, module: nn.Module):
         mode = getattr(module, "step_mode", None)
-        return mode if isinstance(mode, str) and hasattr(module, "_memories") else None
+        return mode if isinstance(mode, str) else None
 
     def step_mode_advice(self, mode: str) -> str:
         return f"functional.set_step_mode(net, {mode})"

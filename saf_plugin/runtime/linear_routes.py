@@ -24,6 +24,7 @@ from torch.nn.utils.stateless import _reparametrize_module  # (what torch.func.f
 from .. import timeaxis
 from ..dataflow import _CONV, _POOL, ACC, SPIKE, STEP, Rep, Site, tensors_in
 from ..modes import Mode
+from ..registry import module_step_mode
 from ..timeaxis import TOUCH
 from .routes import PER_STEP, route
 
@@ -361,7 +362,7 @@ class LinearRoutes:
             self.paused -= 1
         spec = module._saf_spec
         if spec.shift is not None:
-            unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
+            unfolded = self.step_mode == "m" and module_step_mode(module) == "m"
             shift = spec.shift(module, out, out.dim() - 1 - unfolded)
             if shift is not None:
                 out = self._shift(out, shift, lam, time, since=site.call_since)
