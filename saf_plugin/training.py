@@ -72,9 +72,13 @@ def reset_state(net: nn.Module) -> None:
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
-    """The model a DistributedDataParallel wrapper holds (``ddp.module``), else ``net``."""
+    """The model a DistributedDataParallel or ``torch.compile`` wrapper holds (``ddp.module``,
+    ``compiled._orig_mod``), else ``net``."""
     if isinstance(net, DistributedDataParallel) and "_saf_rt" not in net.__dict__:
-        return net.module
+        return _unwrap(net.module)
+    inner = net.__dict__.get("_modules", {}).get("_orig_mod")
+    if inner is not None and type(net).__name__ == "OptimizedModule":
+        return _unwrap(inner)
     return net
 
 

@@ -181,6 +181,11 @@ def test_no_compiler_falls_back_with_one_warning(monkeypatch, tmp_path):
     kernels.reset_warnings()
 
 
+def int_dtype(t) -> int:
+    """The ScalarType number of t's dtype (what saf_cpu::f_backward takes)."""
+    return {torch.float32: 6, torch.float64: 7}[t.dtype]
+
+
 def test_operators_pass_opcheck():
     """torch.library.opcheck (schema, fake tensors, registered autograd) of every operator."""
     y = inputs((2, 33), 3, torch.float32, seed=8).requires_grad_(True)
@@ -192,12 +197,13 @@ def test_operators_pass_opcheck():
     for args in ((y[0], None, 0.5, 1.0, 0.5, 0, 4.0, True), (y[0], acc0, 0.5, 1.0, None, 1, 2.0, True)):
         torch.library.opcheck(ops.step.default, args)
     for at_zero in (False, True):
-        torch.library.opcheck(ops.step_f.default, (y[0], acc0, 0.5, 1.0, 0.5, c, at_zero))
+        torch.library.opcheck(ops.step_f.default, (y[0], acc0, 0.5, 1.0, 0.5, c, at_zero, True))
     z = ops.scan(y.detach(), None, 0.5, 1.0, 0.5, 0, 4.0, True, False)[1]
     g = torch.ones_like(z)
     for args in ((z, g, None, 0.5, 0, 4.0), (z, None, g, None, 1, 2.0), (z, g, g, 0.5, 0, 4.0)):
         torch.library.opcheck(ops.e_backward.default, args)
-    torch.library.opcheck(ops.f_backward.default, (g[0], y[0].detach(), c, 1.0, 0.5, False))
+    code = ops.step_f(y[0].detach(), None, 0.5, 1.0, 0.5, c, False, True)[1]
+    torch.library.opcheck(ops.f_backward.default, (g[0], code, 1.0, 0.5, int_dtype(y)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -224,8 +224,9 @@ def test_a_linear_map_whose_weights_change_between_steps_is_refused(float64):
     saf_plugin.set_saf(net, "E")
     functional.reset_net(net)
     net(torch.rand(B, 4))  # step 0 learns the sites
-    with pytest.raises(SAFIncompatibleError, match="other constants \\(weights\\) than in the "
-                                                   "step before") as err:
+    with pytest.raises(SAFIncompatibleError, match="other constants \\(weights, or a number "
+                                                   "read at every step\\) than in the step "
+                                                   "before") as err:
         net(torch.rand(B, 4))
     (finding,) = err.value.findings
     assert finding.path == "fcs.1" and finding.module == "linear"

@@ -9,7 +9,8 @@ formulas in their operation order) and the SAF-F gradient. Other surrogates have
 derivative: :func:`available` says so, and the dispatcher uses ``"torch"`` for them.
 
 The operators are ``torch.ops.saf_cpu.scan``, ``.step``, ``.step_f`` (forward, with their
-autograd in C++) and ``.e_backward``, ``.f_backward``, with fake implementations registered
+autograd in C++; SAF-F's keeps one byte per neuron for its backward, not the input) and
+``.e_backward``, ``.f_backward``, with fake implementations registered
 here, so ``torch.compile`` keeps each as one node. The library is built once per
 source, torch version and machine into ``$TORCH_EXTENSIONS_DIR`` (default
 ``~/.cache/torch_extensions``); without a compiler :func:`load` returns False and :func:`why`
@@ -95,7 +96,7 @@ def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
     if mode == Mode.F:
         return torch.ops.saf_cpu.step_f(y, acc0, lam, theta, scale, c,
-                                        torch_scan.CLAMP_GRAD_AT_ZERO), None
+                                        torch_scan.CLAMP_GRAD_AT_ZERO, grad)[0], None
     kind, alpha = surrogate_kind(surrogate)
     acc, spk, _ = torch.ops.saf_cpu.step(y, acc0, lam, theta, scale, kind, alpha, grad)
     return acc, spk if acc0 is not None else acc
@@ -176,13 +177,15 @@ def _register() -> None:
                 torch.empty_like(y) if save_z else y.new_empty(0))
 
     @fake("saf_cpu::step_f")
-    def _(y, acc0, lam, theta, scale, c, grad_at_zero):
-        return torch.empty_like(y)
+    def _(y, acc0, lam, theta, scale, c, grad_at_zero, save_code):
+        return (torch.empty_like(y),
+                torch.empty_like(y, dtype=torch.uint8) if save_code else y.new_empty(0,
+                                                                                   dtype=torch.uint8))
 
     @fake("saf_cpu::e_backward")
     def _(z, grad_acc, grad_spk, scale, kind, alpha):
         return torch.empty_like(z)
 
     @fake("saf_cpu::f_backward")
-    def _(grad, y, c, theta, scale, grad_at_zero):
-        return torch.empty_like(y)
+    def _(grad, code, theta, scale, dtype):
+        return grad.new_empty(code.shape)

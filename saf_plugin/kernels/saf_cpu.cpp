@@ -182,10 +182,46 @@ void add_representation_zero(const T* __restrict y, T* __restrict acc, int64_t n
   });
 }
 
-// SAF-F: â[t] (the same forward) + (r − r), r the Spike Representation; c is c[t], 0-d.
-at::Tensor step_f(const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0, double lam,
-                  double theta, c10::optional<double> scale, const at::Tensor& c,
-                  bool grad_at_zero) {
+// What SAF-F's backward needs of a step, one byte per neuron instead of its input Y: the factor
+// of ∂L/∂â in ∂L/∂Y, coded 0 (outside 0 < ρY < θ c[t]: 0), 1 (ρY/θ == c[t] exactly: minimum's
+// 1/2) or 2 (inside: 1), in the operation order of the representation's forward.
+template <typename T>
+void f_code_loop(const T* __restrict y, uint8_t* __restrict code, int64_t n, T theta, T c,
+                 bool has_scale, T scale, bool grad_at_zero) {
+  at::parallel_for(0, n, 8 * kBlock, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T s = has_scale ? y[i] * scale : y[i];
+      T r = s < T(0) ? T(0) : s;
+      r = r / theta;
+      const bool pass = s > T(0) || (grad_at_zero && s == T(0));  // clamp's
+      code[i] = !pass || r > c ? 0 : (r == c ? 1 : 2);
+    }
+  });
+}
+
+at::Tensor f_code(const at::Tensor& y_in, const at::Tensor& c, double theta,
+                  c10::optional<double> scale, bool grad_at_zero) {
+  const at::Tensor y = dense(y_in);
+  at::Tensor code = at::empty_like(y, y.options().dtype(at::kByte));
+  const at::Tensor cv = c.to(y.scalar_type());
+  if (y.scalar_type() == at::kFloat)
+    f_code_loop<float>(y.data_ptr<float>(), code.data_ptr<uint8_t>(), y.numel(),
+                       static_cast<float>(theta), cv.item<float>(), scale.has_value(),
+                       static_cast<float>(scale.value_or(1.0)), grad_at_zero);
+  else
+    f_code_loop<double>(y.data_ptr<double>(), code.data_ptr<uint8_t>(), y.numel(), theta,
+                        cv.item<double>(), scale.has_value(), scale.value_or(1.0),
+                        grad_at_zero);
+  return code;
+}
+
+// SAF-F: â[t] (the same forward) + (r − r), r the Spike Representation; c is c[t], 0-d. With
+// save_code, also what the backward needs (f_code), in the same call: one operator forward.
+std::tuple<at::Tensor, at::Tensor> step_f(const at::Tensor& y_in,
+                                          const c10::optional<at::Tensor>& acc0, double lam,
+                                          double theta, c10::optional<double> scale,
+                                          const at::Tensor& c, bool grad_at_zero,
+                                          bool save_code) {
   check_input(y_in, "step_f");
   const at::Tensor y = dense(y_in);
   const bool has_prev = acc0.has_value() && acc0->defined();
@@ -204,7 +240,9 @@ at::Tensor step_f(const at::Tensor& y_in, const c10::optional<at::Tensor>& acc0,
                                     theta, cv.item<double>(), scale.has_value(),
                                     scale.value_or(1.0));
   }
-  return acc;
+  at::Tensor code = save_code ? f_code(y, c, theta, scale, grad_at_zero)
+                              : at::empty({0}, y.options().dtype(at::kByte));
+  return {acc, code};
 }
 
 // ----------------------------------------------------------------------------- backward
@@ -267,38 +305,31 @@ at::Tensor e_backward(const at::Tensor& z_in, const c10::optional<at::Tensor>& g
 }
 
 template <typename T>
-void f_backward_loop(const T* __restrict g, const T* __restrict y, T* __restrict out, int64_t n,
-                     T theta, T c, bool has_scale, T scale, bool grad_at_zero) {
+void f_backward_loop(const T* __restrict g, const uint8_t* __restrict code, T* __restrict out,
+                     int64_t n, T theta, bool has_scale, T scale) {
   at::parallel_for(0, n, 8 * kBlock, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
-      const T s = has_scale ? y[i] * scale : y[i];
-      T r = s < T(0) ? T(0) : s;
-      r = r / theta;
-      T m = r == c ? g[i] / T(2) : g[i];  // minimum's backward
-      m = r > c ? T(0) : m;
+      T m = code[i] == 2 ? g[i] : (code[i] == 1 ? g[i] / T(2) : T(0));  // minimum's, clamp's
       m = m / theta;  // the division's
-      m = (s > T(0) || (grad_at_zero && s == T(0))) ? m : T(0);  // clamp's
       out[i] = has_scale ? m * scale : m;
     }
   });
 }
 
-// SAF-F step backward: ∂L/∂Y from ∂L/∂â[t], the step's input Y and c[t].
-at::Tensor f_backward(const at::Tensor& grad, const at::Tensor& y_in, const at::Tensor& c,
-                      double theta, c10::optional<double> scale, bool grad_at_zero) {
-  const at::Tensor y = dense(y_in);
-  const at::Tensor g = as_layout(grad.to(y.scalar_type()), y);
-  at::Tensor out = at::empty_like(y);
-  const at::Tensor cv = c.to(y.scalar_type());
-  if (y.scalar_type() == at::kFloat)
-    f_backward_loop<float>(g.data_ptr<float>(), y.data_ptr<float>(), out.data_ptr<float>(),
-                           y.numel(), static_cast<float>(theta), cv.item<float>(),
-                           scale.has_value(), static_cast<float>(scale.value_or(1.0)),
-                           grad_at_zero);
+// SAF-F step backward: ∂L/∂Y from ∂L/∂â[t] and the step's code (f_code).
+at::Tensor f_backward(const at::Tensor& grad, const at::Tensor& code, double theta,
+                      c10::optional<double> scale, int64_t dtype) {
+  const at::Tensor g = grad.to(static_cast<at::ScalarType>(dtype)).contiguous().view(code.sizes());
+  const at::Tensor k = code.contiguous();
+  at::Tensor out = at::empty_like(g);
+  if (g.scalar_type() == at::kFloat)
+    f_backward_loop<float>(g.data_ptr<float>(), k.data_ptr<uint8_t>(), out.data_ptr<float>(),
+                           g.numel(), static_cast<float>(theta), scale.has_value(),
+                           static_cast<float>(scale.value_or(1.0)));
   else
-    f_backward_loop<double>(g.data_ptr<double>(), y.data_ptr<double>(), out.data_ptr<double>(),
-                            y.numel(), theta, cv.item<double>(), scale.has_value(),
-                            scale.value_or(1.0), grad_at_zero);
+    f_backward_loop<double>(g.data_ptr<double>(), k.data_ptr<uint8_t>(),
+                            out.data_ptr<double>(), g.numel(), theta, scale.has_value(),
+                            scale.value_or(1.0));
   return out;
 }
 
@@ -374,25 +405,28 @@ struct StepFn : public torch::autograd::Function<StepFn> {
 };
 
 struct StepFFn : public torch::autograd::Function<StepFFn> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y, const OptTensor& acc0,
-                            double lam, double theta, c10::optional<double> scale,
-                            const at::Tensor& c, bool grad_at_zero) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& y, const OptTensor& acc0,
+                               double lam, double theta, c10::optional<double> scale,
+                               const at::Tensor& c, bool grad_at_zero, bool save_code) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = handle<decltype(step_f)>("saf_cpu::step_f");
-    ctx->save_for_backward({y, c});
+    auto [acc, code] = op.call(y, acc0, lam, theta, scale, c, grad_at_zero, true);
+    ctx->save_for_backward({code});  // one byte per neuron, not the input Y
+    ctx->mark_non_differentiable({code});
+    ctx->set_materialize_grads(false);
     ctx->saved_data["theta"] = theta;
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["grad_at_zero"] = grad_at_zero;
-    return op.call(y, acc0, lam, theta, scale, c, grad_at_zero);
+    ctx->saved_data["dtype"] = static_cast<int64_t>(y.scalar_type());
+    return {acc, code};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    variable_list out(7);
+    variable_list out(8);
     if (!grads[0].defined()) return out;
     static auto op = handle<decltype(f_backward)>("saf_cpu::f_backward");
     const auto saved = ctx->get_saved_variables();
-    out[0] = op.call(grads[0], saved[0], saved[1], ctx->saved_data["theta"].toDouble(),
+    out[0] = op.call(grads[0], saved[0], ctx->saved_data["theta"].toDouble(),
                      ctx->saved_data["scale"].toOptional<double>(),
-                     ctx->saved_data["grad_at_zero"].toBool());
+                     ctx->saved_data["dtype"].toInt());
     return out;
   }
 };
@@ -411,9 +445,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_autograd(
   return {r[0], r[1], r[2]};
 }
 
-at::Tensor step_f_autograd(const at::Tensor& y, const OptTensor& acc0, double lam, double theta,
-                           c10::optional<double> scale, const at::Tensor& c, bool grad_at_zero) {
-  return StepFFn::apply(y, acc0, lam, theta, scale, c, grad_at_zero);
+std::tuple<at::Tensor, at::Tensor> step_f_autograd(
+    const at::Tensor& y, const OptTensor& acc0, double lam, double theta,
+    c10::optional<double> scale, const at::Tensor& c, bool grad_at_zero, bool save_code) {
+  auto r = StepFFn::apply(y, acc0, lam, theta, scale, c, grad_at_zero, save_code);
+  return {r[0], r[1]};
 }
 
 }  // namespace
@@ -424,11 +460,10 @@ TORCH_LIBRARY(saf_cpu, m) {
   m.def("step(Tensor y, Tensor? acc0, float lam, float theta, float? scale, int kind, "
         "float alpha, bool save_z) -> (Tensor, Tensor, Tensor)");
   m.def("step_f(Tensor y, Tensor? acc0, float lam, float theta, float? scale, Tensor c, "
-        "bool grad_at_zero) -> Tensor");
+        "bool grad_at_zero, bool save_code) -> (Tensor, Tensor)");
   m.def("e_backward(Tensor z, Tensor? grad_acc, Tensor? grad_spk, float? scale, int kind, "
         "float alpha) -> Tensor");
-  m.def("f_backward(Tensor grad, Tensor y, Tensor c, float theta, float? scale, "
-        "bool grad_at_zero) -> Tensor");
+  m.def("f_backward(Tensor grad, Tensor code, float theta, float? scale, int dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(saf_cpu, CPU, m) {

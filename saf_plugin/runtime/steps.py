@@ -168,7 +168,8 @@ class Steps:
     def site(self, name: str, args: tuple) -> Site:
         """The state of this linear map; a time loop inside forward is found here."""
         weight = next((a for a in args[1:] if isinstance(a, nn.Parameter)), None)
-        key = (name, None if weight is None else id(weight))
+        numbers = tuple(a for a in args[1:] if isinstance(a, (int, float)))  # a factor read per
+        key = (name, None if weight is None else id(weight), numbers)  # step must stay the same
         if self.step_mode == "s":
             data = self.reps.get(args[0]) if torch.is_tensor(args[0]) else None
             if self.loop_key is None:
@@ -187,11 +188,13 @@ class Steps:
             elif s.key[0] == name and s.key != key:
                 raise Refusal(Finding(
                     module_path(), name, "unsupported",
-                    f"the {name} at {user_frame()} uses other constants (weights) than in the "
-                    "step before: a linear map that changes from step to step (e.g. one "
-                    "BatchNorm per time step, snntorch.BatchNormTT) is not one linear map on "
+                    f"the {name} at {user_frame()} uses other constants (weights, or a number "
+                    "read at every step) than in the step before: a linear map that changes "
+                    "from step to step (one BatchNorm per time step as snntorch.BatchNormTT, a "
+                    "factor from a schedule indexed by the step) is not one linear map on "
                     "accumulations",
-                    "use one module for every step, or train with BPTT"))
+                    "use the same map at every step (a per-step factor as a tensor, "
+                    "torch.tensor(...), runs per step), or train with BPTT"))
             elif s.key[0] != name:
                 raise self._lost(f"linear map {k} of this step is {name} at {user_frame()}, "
                                  f"but it was {s.key[0]} at {s.where} in an earlier step")
