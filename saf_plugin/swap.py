@@ -26,15 +26,14 @@ MODES = (Mode.E, Mode.F, None)
 
 
 def set_saf(net: nn.Module, mode: Optional[str], *, accumulate: Optional[torch.dtype] = None,
-            on_weight_change: str = "warn", strict: bool = True) -> nn.Module:
+            on_weight_change: str = "warn") -> nn.Module:
     """Switch ``net`` in place to SAF-E (``"E"``), SAF-F (``"F"``) or back (``None``).
 
     Everything is validated before anything changes: a neuron SAF cannot run raises
     :class:`SAFIncompatibleError` naming every offending module, and the model is left
     untouched. What only the data flow shows (e.g. a non-linear operation under SAF-F) is
     refused at the first call, before any output, and the model is switched back. Returns
-    ``net``. ``strict`` has no effect (nothing SAF runs is approximate; kept so that calls
-    that pass it keep working).
+    ``net``.
 
     ``on_weight_change``: what to do when a weight of a linear map changes in the middle of a
     sequence (an optimizer step at every time step, ``load_state_dict``). SAF-E then computes
