@@ -9,8 +9,8 @@ SAF_PLUGIN_NO_CPU_SCAN=1), on CPU, interleaved repeats, ratios of medians:
   (``kernels.scan``, "cpu") and the PyTorch code, at 1x64 and 16x4096 neurons (a sample is the
   median of 200 calls): is a dedicated step operator cheaper than the scan's?
 - the wall time of that step (batch 8; a sample is the median of 50 steps), and of one
-  training iteration of OTTT's VGG at width /32 (batch 1, 8x8 input, T = 6; the tiny network
-  of issue 20) with SAF-E online and SAF-F (a sample is the median of 8 iterations).
+  training iteration of OTTT's VGG at width /32 (batch 1, 8x8 input, T = 6; a tiny network
+  whose time is mostly the engine's) with SAF-E online and SAF-F (a sample is the median of 8 iterations).
 
     OMP_NUM_THREADS=1 python benchmarks/step_kernel_bench.py 9 out.json
 """

@@ -346,7 +346,7 @@ def save_checkpoint(net: torch.nn.Module, path: str, *, saf_root=None, **meta) -
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     torch.save({"model": net.state_dict(), **meta}, path)
     if mode is not None:
-        saf_plugin.set_saf(root, mode, strict=meta.get("strict", True))
+        saf_plugin.set_saf(root, mode)
 
 
 def train_and_report(name: str, net: torch.nn.Module, task: "Task", args, train_loader,

@@ -9,7 +9,8 @@
 
 from .adapters import torch_nn as _torch_nn  # noqa: F401  (registers torch.nn's entries)
 from .check import check, fix
-from .swap import saf_mode, set_saf
+from .converted import saf_mode
+from .swap import set_saf
 from .errors import Finding, SAFError, SAFIncompatibleError, SAFStateError, WeightChangeWarning
 from .extend import register_linear, register_neuron, register_per_step
 from .training import EpochStats, train_epoch, train_step

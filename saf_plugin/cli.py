@@ -69,7 +69,9 @@ def example_input(net, shape: list[int], batch: int, T: int):
     its neurons run in step mode 'm'."""
     import torch
 
-    multi = any(getattr(m, "step_mode", None) == "m" for m in net.modules())
+    from .registry import module_step_mode
+
+    multi = any(module_step_mode(m) == "m" for m in net.modules())
     return torch.rand(*([T] if multi else []), batch, *shape)
 
 

@@ -4,7 +4,7 @@ Every tensor that depends on the network input carries a :class:`Rep`: ``STEP`` 
 the per-step value v[t]), ``SPIKE`` (a neuron's real spikes s[t], with their accumulation â[t])
 or ``ACC`` (an accumulation A[t] = Σ_k λ^k v[t−k], whose per-step value is A[t] − λ A[t−1]).
 Tensors without one are constants. The tables below say which operations are shape operations,
-which make constants, and which leave the tensor world; ``saf_plugin/routes.py`` routes the rest.
+which make constants, and which leave the tensor world; :mod:`saf_plugin.runtime` routes the rest.
 See docs/theory.md ("When SAF is exact: the data flow").
 """
 
@@ -271,6 +271,3 @@ _CONV = {"conv1d": 1, "conv2d": 2, "conv3d": 3, "conv_transpose1d": 1, "conv_tra
          "conv_transpose3d": 3}
 _DROPOUT = {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
             "feature_alpha_dropout"}
-_TIME_TOUCH = {"permute", "transpose", "t", "movedim", "moveaxis", "swapaxes", "swapdims",
-               "narrow", "select", "chunk", "split", "unbind", "getitem", "repeat", "tile",
-               "repeat_interleave", "expand", "expand_as"}

@@ -11,18 +11,22 @@ back and restores the buffers that call updated.
 from __future__ import annotations
 
 import sys
+from copy import deepcopy
 from inspect import unwrap
 from typing import Callable
 
 import torch
 import torch.utils.checkpoint as _ckpt
 from torch import nn
+from torch.nn.modules import module as _m
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from .converted import revert
 from .dataflow import Refusal, module_path
 from .errors import Finding, SAFError, SAFIncompatibleError
 from .modes import Mode
+from .registry import reset_model
 
 
 class _Mode(TorchFunctionMode):
@@ -96,8 +100,6 @@ def _probe(rt, args: tuple, kwargs: dict, sig) -> None:
         if sig is not None and sig not in rt.learned:
             rt.learned[sig] = _learn(rt, args, kwargs)
     except SAFIncompatibleError:
-        from .swap import revert
-
         revert(rt.root)
         raise
     finally:
@@ -132,10 +134,6 @@ def _run_copy(rt, args, kwargs, time_dim):
     reset); ``time_dim``: (the input dim taken as time, its size) to test. Returns what the
     copy learned (:class:`saf_plugin.runtime.Learned`), or None if it failed (the real call
     then shows the error)."""
-    from copy import deepcopy
-
-    from .training import reset_state
-
     probe = deepcopy(rt.root)
     for m in probe.modules():
         for hooks in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks",
@@ -145,8 +143,7 @@ def _run_copy(rt, args, kwargs, time_dim):
     prt = probe.__dict__["_saf_rt"]
     prt.probed = True
     prt.probing = time_dim if time_dim is not None else False
-    reset_state(probe)
-    from torch.nn.modules import module as _m
+    reset_model(probe)
 
     saved = (_m._global_forward_pre_hooks, _m._global_forward_hooks)
     _m._global_forward_pre_hooks, _m._global_forward_hooks = type(saved[0])(), type(saved[1])()
@@ -190,8 +187,6 @@ def run(rt, module: nn.Module, forward: Callable, args: tuple, kwargs: dict):
         rt.snapshot = []  # the first call went through: nothing to undo any more
         return out
     except Refusal as r:
-        from .swap import revert
-
         _undo(rt)
         first = bool(rt.snapshot) or not rt.started
         for m, k, b in rt.snapshot or ():  # refused in the first call: undo its buffer

@@ -1,11 +1,12 @@
 """Teaching SAF about your own modules: ``register_neuron``, ``register_per_step``,
-``register_linear``. See docs/extending.md.
+``register_linear`` (the three public ``register_*`` functions live here). See
+docs/extending.md.
 
 A module SAF does not know by class is judged by the operations its forward runs (always
 exact: what SAF cannot see into runs per step). Registering says more:
 
 - ``register_linear(cls)``: the module is a linear map; its forward runs once per step on
-  accumulations (SAF's saving), its constant scaled by c[t] (:mod:`saf_plugin.registry`).
+  accumulations (SAF's saving), its constant scaled by c[t].
 - ``register_per_step(cls)``: the module's forward runs once per step on the real per-step
   values, as one operation (for forwards SAF must not look into: ``.item()``, custom autograd
   functions, C++ extensions).
@@ -22,12 +23,25 @@ import torch
 from torch import Tensor, nn
 
 from . import _classes, neuron_step
-from .neuron_step import NeuronParams
-from .registry import NeuronAdapter, Spec, load_adapters, register, register_linear
+from .registry import NeuronFunctions, Spec, libraries, register
 
 __all__ = ["register_neuron", "register_per_step", "register_linear"]
 
 Decay = Union[float, Callable[[nn.Module], float]]
+
+
+def register_linear(
+    cls: type, shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
+) -> None:
+    """Declare ``cls`` a linear map, so that its forward runs once per step on accumulations.
+
+    Without this a module is judged by the operations its forward runs, which is always exact
+    (an operation SAF does not know runs per step); declaring it saves that per-step work when
+    the module calls something SAF cannot see into (e.g. a custom autograd function). If it
+    adds a constant, pass ``shift(module, out, sample_ndim)`` returning that constant
+    broadcastable against one sample's output (``sample_ndim`` dims); SAF scales it by c[t].
+    """
+    register(cls, Spec("linear", shift=shift, whole=True))
 
 
 def register_per_step(cls: type) -> None:
@@ -60,28 +74,18 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
         surrogate=fn)``; the neuron then runs SAF's closed form (SAF-F too) instead of its
         forward, which must be u[t] = λ (u[t−1] − θ s[t−1]) + scale·I[t], s[t] = H(u[t] − θ).
     """
-    load_adapters()
     decay_of = decay if callable(decay) else (lambda m, v=float(decay): v)
-    sj = _spikingjelly_memory_module(cls)
-    if lif is not None and sj is None:
+    found = next((f for f in (lib.neuron_adapter(cls, decay_of, lif) for lib in libraries())
+                  if f is not None), None)
+    if found is None and lif is not None:
         raise TypeError("register_neuron(..., lif=...) needs a SpikingJelly MemoryModule "
                         "subclass (its memories and reset_net mark the sequences); register a "
                         "plain module without lif (it then runs per step)")
-    sn = _snntorch_neuron(cls)
-    if sn is not None and lif is None:
-        adapter = NeuronAdapter(
-            saf_class=sn.per_step_class, attach=sn.attach, detach=sn.detach, decay=decay_of,
-            is_fresh=sn.is_fresh, reset_on_shape_change=True, closed_form=lambda m: False)
-        judge = sn.judge_per_step
-    elif sj is not None:
-        adapter = NeuronAdapter(
-            saf_class=sj.saf_class, attach=sj.attach, detach=sj.detach, decay=decay_of,
-            is_fresh=sj.is_fresh, closed_form=lambda m: lif is not None,
-            params=None if lif is None else (lambda m: _params(lif(m))))
-        judge = sj.judge_neuron if lif is None else _judge_closed
+    if found is not None:
+        adapter, judge = found
     else:
         names = tuple(state)
-        adapter = NeuronAdapter(
+        adapter = NeuronFunctions(
             saf_class=lambda c: _classes.make("neuron", c, {
                 "forward": _plain_forward, "_call_impl": neuron_step.call_with_real_input}),
             attach=lambda m: None, detach=lambda m: None, decay=decay_of,
@@ -89,37 +93,6 @@ def register_neuron(cls: type, *, decay: Decay = 1.0, state: Sequence[str] = ("v
             closed_form=lambda m: False, state=names)
         judge = _judge_per_step
     register(cls, Spec("neuron", judge=judge, neuron=adapter, dynamics=()))
-
-
-def _snntorch_neuron(cls: type):
-    import sys
-
-    neurons = sys.modules.get("snntorch._neurons.neurons")
-    if neurons is None or not issubclass(cls, neurons.SpikingNeuron):
-        return None
-    from .adapters import snntorch
-
-    return snntorch
-
-
-def _spikingjelly_memory_module(cls: type):
-    import sys
-
-    base = sys.modules.get("spikingjelly.activation_based.base")
-    if base is None or not issubclass(cls, base.MemoryModule):
-        return None
-    from .adapters import spikingjelly
-
-    return spikingjelly
-
-
-def _params(p: dict) -> NeuronParams:
-    return NeuronParams(float(p["decay"]), None, float(p["threshold"]), p.get("input_scale"),
-                        p["surrogate"])
-
-
-def _judge_closed(m: nn.Module):
-    return ("exact", "closed form (registered LIF parameters)", "")
 
 
 def _judge_per_step(m: nn.Module):

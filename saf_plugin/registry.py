@@ -1,9 +1,15 @@
-"""What saf-plugin knows about module classes: one :class:`Spec` per class, looked up by MRO.
+"""What saf-plugin knows about module classes and libraries.
 
-Adapters register their classes here (``adapters/torch_nn.py``, ``adapters/spikingjelly.py``,
-``adapters/snntorch.py``); users extend it with :func:`register_linear`. Only neurons, stateful
-modules, containers and a few fixes (speed options) are known by class: every other module is judged by the
-operations its forward runs (``saf_plugin/runtime.py``).
+One :class:`Spec` per module class, looked up by MRO: the adapters register their classes here
+(``adapters/torch_nn.py``, ``adapters/spikingjelly.py``, ``adapters/snntorch.py``), users with
+the ``register_*`` functions of :mod:`saf_plugin.extend`. Only neurons, stateful modules,
+containers and a few fixes (speed options) are known by class: every other module is judged by
+the operations its forward runs (:mod:`saf_plugin.runtime`).
+
+One :class:`~saf_plugin.contracts.LibraryAdapter` per library (:func:`register_library`); the
+functions at the end (:func:`model_step_mode`, :func:`reset_model`, :func:`reset_advice`, ...)
+ask every registered library, so that nothing outside ``saf_plugin/adapters/`` asks which
+library a model comes from.
 """
 
 from __future__ import annotations
@@ -11,28 +17,21 @@ from __future__ import annotations
 import importlib
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Callable, Iterable, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from .errors import Status
+from . import contracts
+from .contracts import Judgement, LibraryAdapter
 
 Role = Literal["neuron", "linear", "nonlinear", "container", "stateful"]
-Judgement = tuple[Status, str, str]  # status, reason, fix
 
 
 @dataclass
-class NeuronAdapter:
-    """How one family of neuron classes becomes a SAF neuron and back.
-
-    ``saf_class(cls)`` gives the SAF subclass of ``cls``; ``attach(m)`` / ``detach(m)`` add and
-    remove the SAF state after the class swap; ``decay(m)`` returns λ (float, or a tensor with
-    grad for a learnable decay); ``is_fresh(m)`` says whether the neuron is in its reset state;
-    ``closed_form(m)`` whether it runs SAF's closed form (else the per-step route of
-    :mod:`saf_plugin.neuron_step`; None: always the closed form); ``fix(m)`` switches it to the
-    closed form where it can (a soft reset).
-    """
+class NeuronFunctions:
+    """A :class:`~saf_plugin.contracts.NeuronAdapter` made of callables (what the adapters and
+    ``register_neuron`` build); each field is documented there."""
 
     saf_class: Callable[[type], type]
     attach: Callable[[nn.Module], None]
@@ -87,7 +86,7 @@ class Spec:
     judge: Optional[Callable[[nn.Module], Judgement]] = None
     shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
     whole: bool = False
-    neuron: Optional[NeuronAdapter] = None
+    neuron: Optional[contracts.NeuronAdapter] = None
     fix: Optional[Callable[[nn.Module], tuple[Optional[nn.Module], str]]] = None
     dynamics: tuple[str, ...] = ("forward",)
     methods: dict[str, Callable] = field(default_factory=dict)
@@ -107,25 +106,11 @@ def register(cls: type, spec: Spec) -> None:
     _REGISTRY[cls] = spec
 
 
-def register_linear(
-    cls: type, shift: Optional[Callable[[nn.Module, Tensor, int], Optional[Tensor]]] = None
-) -> None:
-    """Declare ``cls`` a linear map, so that its forward runs once per step on accumulations.
-
-    Without this a module is judged by the operations its forward runs, which is always exact
-    (an operation SAF does not know runs per step); declaring it saves that per-step work when
-    the module calls something SAF cannot see into (e.g. a custom autograd function). If it
-    adds a constant, pass ``shift(module, out, sample_ndim)`` returning that constant
-    broadcastable against one sample's output (``sample_ndim`` dims); SAF scales it by c[t].
-    """
-    register(cls, Spec("linear", shift=shift, whole=True))
-
-
 def load_adapters() -> None:
     """Import the adapters of the libraries the user has imported (never import them ourselves;
     torch.nn's is imported with the package)."""
     for lib, adapter in _ADAPTERS.items():
-        if lib in sys.modules:
+        if lib in sys.modules and adapter not in sys.modules:
             importlib.import_module(adapter)
 
 
@@ -165,3 +150,97 @@ def lookup(module: nn.Module) -> Optional[Spec]:
     if spec is None:
         spec = next((s for s in (rule(module) for rule in _LIKE) if s is not None), None)
     return spec
+
+
+# --------------------------------------------------------------------------- libraries
+
+_LIBRARIES: dict[str, LibraryAdapter] = {}
+
+
+def register_library(adapter: LibraryAdapter) -> None:
+    """Register (or replace) the adapter of one library (its module does this at import)."""
+    _LIBRARIES[adapter.name] = adapter
+
+
+def libraries() -> list[LibraryAdapter]:
+    """The adapters of the libraries the user has imported."""
+    load_adapters()
+    return list(_LIBRARIES.values())
+
+
+def model_library(net: nn.Module) -> Optional[LibraryAdapter]:
+    """The adapter of the first library that owns a module of ``net``, or None."""
+    libs = libraries()
+    return next((lib for m in net.modules() for lib in libs if lib.owns(m)), None)
+
+
+def module_step_mode(module: nn.Module) -> Optional[str]:
+    """The step mode its library gives ``module`` ("s" or "m"; a layer's too), or None."""
+    return next((mode for mode in (lib.step_mode(module) for lib in libraries())
+                 if mode is not None), None)
+
+
+def model_step_mode(modules: Iterable[nn.Module]) -> str:
+    """The step mode of the first of ``modules`` that is a library's stateful module (a neuron,
+    a memory module) with a step mode ("s" or "m"); "s" when none has one."""
+    libs = libraries()
+    for m in modules:
+        for lib in libs:
+            if lib.owns(m):
+                mode = lib.step_mode(m)
+                if mode is not None:
+                    return mode
+    return "s"
+
+
+def step_modes(modules: Iterable[nn.Module]) -> set[str]:
+    """The step modes of ``modules`` ("s" for a module without one)."""
+    return {module_step_mode(m) or "s" for m in modules}
+
+
+def step_mode_advice(mode: str) -> str:
+    """Code that switches a model to step mode ``mode`` ("'s'", "'s' or 'm'"), from the
+    libraries that have step modes."""
+    advice = [a for a in (lib.step_mode_advice(mode) for lib in libraries()) if a]
+    return " or ".join(advice) if advice else f"step mode {mode}"
+
+
+def reset_model(net: nn.Module) -> None:
+    """Reset every neuron's state in ``net`` through its library's own mechanism."""
+    for lib in libraries():
+        lib.reset(net)
+
+
+def reset_advice(modules: Iterable[nn.Module]) -> str:
+    """How to reset a model made of ``modules``, as the engine's errors say it:
+    "(spikingjelly: functional.reset_net(net))", naming the libraries those modules belong to
+    (every library imported, when none does)."""
+    modules = list(modules)
+    libs = libraries()
+    owners = [lib for lib in libs if any(lib.owns(m) for m in modules)] or libs
+    if not owners:
+        return "(each neuron's own reset)"
+    return "(" + "; ".join(f"{lib.name}: {lib.reset_advice}" for lib in owners) + ")"
+
+
+def state_stores(module: nn.Module) -> list[dict]:
+    """The dictionaries, besides ``__dict__`` and the buffers, in which ``module`` keeps state
+    tensors (:meth:`LibraryAdapter.state_stores`)."""
+    return [d for lib in _LIBRARIES.values() for d in lib.state_stores(module)]
+
+
+def keeps_state_in_buffers(module: nn.Module) -> bool:
+    """Whether ``module`` is a neuron that keeps its state in buffers."""
+    return any(lib.keeps_state_in_buffers(module) for lib in libraries())
+
+
+def classes_changed(net: nn.Module) -> None:
+    """Tell every library that module classes or modules of ``net`` changed."""
+    for lib in _LIBRARIES.values():
+        lib.classes_changed(net)
+
+
+def __getattr__(name: str):
+    if name == "NeuronAdapter":  # (the name of NeuronFunctions in models pickled by 0.1.0)
+        return NeuronFunctions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,8 +8,8 @@ time axis the engine can name (a mean over time, one step picked out of a sequen
 folded inside another dimension). The layout is computed from the operation and its arguments,
 never guessed from sizes, so a batch of T samples cannot be mistaken for T steps.
 
-The rules here are pure functions of shapes and arguments; ``saf_plugin/routes.py`` uses them
-to decide whether an operation keeps the time axis (a shape operation), mixes it (an operation
+The rules here are pure functions of shapes and arguments; the routes (:mod:`saf_plugin.runtime`)
+use them to decide whether an operation keeps the time axis (a shape operation), mixes it (an operation
 across time, run on the per-step sequence) or works along other dimensions only (a linear map
 that can run on accumulations). See docs/theory.md ("Operations across time").
 """

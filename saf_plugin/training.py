@@ -51,9 +51,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .swap import saf_mode
+from .converted import saf_mode
 from .errors import SAFStateError
 from .modes import Mode, keeps_graph
+from .registry import keeps_state_in_buffers, model_step_mode, reset_model, step_mode_advice
 
 __all__ = ["train_step", "train_epoch", "prediction", "EpochStats", "SavedTensorMeter"]
 
@@ -64,28 +65,10 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 
 def reset_state(net: nn.Module) -> None:
-    """Reset every neuron's state in ``net`` through its library's own mechanism.
-
-    SpikingJelly: ``functional.reset_net(net)`` (resets SAF memories too). snnTorch: the
-    ``reset_mem()`` of every neuron found by walking ``net.modules()`` (never the global
-    ``SpikingNeuron.instances`` registry, which misses deep copies and resets unrelated nets).
-    """
-    sj = sys.modules.get("spikingjelly.activation_based.base")
-    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
-    sj_mem = getattr(sj, "MemoryModule", None)
-    sn_neuron = getattr(sn, "SpikingNeuron", None)
-    has_sj = False
-    for m in net.modules():
-        if sj_mem is not None and isinstance(m, sj_mem):
-            has_sj = True
-        elif sn_neuron is not None and isinstance(m, sn_neuron):
-            reset = getattr(m, "reset_mem", None)
-            if reset is not None:
-                reset()
-    if has_sj:
-        from spikingjelly.activation_based import functional
-
-        functional.reset_net(net)
+    """Reset every neuron's state in ``net`` through its library's own mechanism (SpikingJelly's
+    ``functional.reset_net``, snnTorch's ``reset_mem()`` of each neuron in ``net``), which
+    starts a new sequence under SAF too."""
+    reset_model(net)
 
 
 def _unwrap(net: nn.Module) -> nn.Module:
@@ -109,11 +92,7 @@ def _no_sync(net: nn.Module, skip: bool):
 
 def _buffer_states(net: nn.Module) -> list[str]:
     """Paths of the neurons that keep their state in buffers (snnTorch's ``mem``, ``syn``...)."""
-    sn = sys.modules.get("snntorch._neurons.neurons") or sys.modules.get("snntorch")
-    neuron = getattr(sn, "SpikingNeuron", None)
-    if neuron is None:
-        return []
-    return [p or "<root>" for p, m in net.named_modules() if isinstance(m, neuron)]
+    return [p or "<root>" for p, m in net.named_modules() if keeps_state_in_buffers(m)]
 
 
 def _check_ddp(ddp: DistributedDataParallel, model: nn.Module, *, no_sync: bool,
@@ -136,21 +115,9 @@ def _check_ddp(ddp: DistributedDataParallel, model: nn.Module, *, no_sync: bool,
             "DistributedDataParallel(model, broadcast_buffers=False)")
 
 
-def _step_mode(net: nn.Module) -> str:
-    for m in net.modules():
-        mode = getattr(m, "step_mode", None)
-        if isinstance(mode, str) and hasattr(m, "_memories"):
-            return mode
-    return "s"
-
-
 def _first(y):
     """The output of a model step: the first element of a tuple (snnTorch returns (spk, mem))."""
     return y[0] if isinstance(y, (tuple, list)) else y
-
-
-def _target_at(target: Tensor, t: int, per_step: bool) -> Tensor:
-    return target[t] if per_step else target
 
 
 def _keep(outs: Optional[Tensor], t: int, T: int, y: Tensor) -> Tensor:
@@ -201,6 +168,24 @@ def train_step(
         raise ValueError(f"x_seq must be time-first [T, B, ...]; got shape {tuple(x_seq.shape)}")
     model = _unwrap(net)  # net is what runs: a DistributedDataParallel wrapper stays in charge
     mode = saf_mode(model)
+    step_mode = _check_options(net, model, mode, x_seq, target, optimizer, online=online,
+                               per_step_target=per_step_target)
+    if reset:
+        reset_state(model)
+    if optimizer is not None:
+        optimizer.zero_grad()
+    target_at = (lambda t: target[t]) if per_step_target else (lambda t: target)
+    if mode == Mode.F:
+        return _sequence_f(net, x_seq, target_at, loss_fn, optimizer, step_mode)
+    if mode == Mode.E and step_mode == "s":
+        return _sequence_e_per_step(net, model, x_seq, target_at, loss_fn, optimizer, online)
+    return _sequence_whole(net, x_seq, target_at, loss_fn, optimizer, step_mode)
+
+
+def _check_options(net: nn.Module, model: nn.Module, mode, x_seq: Tensor, target: Tensor,
+                   optimizer, *, online: bool, per_step_target: bool) -> str:
+    """Refuse what :func:`train_step` cannot do with these arguments; returns the model's step
+    mode."""
     T = x_seq.shape[0]
     if T == 0:
         raise ValueError("x_seq holds no time step (T = 0); train_step needs at least one")
@@ -211,67 +196,75 @@ def train_step(
     if online and mode != Mode.E:
         raise SAFStateError(f"online=True needs SAF-E (set_saf(net, 'E')); the model is in "
                             f"mode {mode!r}")
-    step_mode = _step_mode(model)
+    step_mode = model_step_mode(model.modules())
     if online and step_mode == "m":
         raise SAFStateError("online=True steps the optimizer after every time step, but in step "
                             "mode 'm' the whole sequence is one call: switch the model to step "
-                            "mode 's' (functional.set_step_mode(net, 's')) before set_saf")
+                            f"mode 's' ({step_mode_advice(repr('s'))}) before set_saf")
     if isinstance(net, DistributedDataParallel):
         per_step = step_mode == "s" and T > 1
         _check_ddp(net, model, no_sync=mode == Mode.E and per_step and not online,
                    sync_every_step=per_step and (online or mode is None))
-    if reset:
-        reset_state(model)
-    if optimizer is not None:
-        optimizer.zero_grad()
+    return step_mode
 
-    if mode == Mode.F:
-        tgt = _target_at(target, T - 1, per_step_target)
-        if step_mode == "m":
-            out = _first(net(x_seq))
-            loss = loss_fn(out[-1], tgt)
-            loss.backward()
-            outs = out.detach()
-        else:
-            outs = None
-            for t in range(T):
-                with torch.set_grad_enabled(keeps_graph(mode, t, T)):
-                    y = _first(net(x_seq[t]))
-                outs = _keep(outs, t, T, y if t == T - 1 else y.detach())
-            loss = loss_fn(y, tgt)
-            loss.backward()
-        if optimizer is not None:
-            optimizer.step()
-        return loss.detach(), outs
 
-    if mode == Mode.E and step_mode == "s":
-        total = x_seq.new_zeros(())
+def _sequence_f(net, x_seq, target_at, loss_fn, optimizer, step_mode):
+    """SAF-F: steps 0..T−2 without a graph, the loss on the last step's spike representation,
+    one backward."""
+    T = x_seq.shape[0]
+    tgt = target_at(T - 1)
+    if step_mode == "m":
+        out = _first(net(x_seq))
+        loss = loss_fn(out[-1], tgt)
+        loss.backward()
+        outs = out.detach()
+    else:
         outs = None
-        rt = model.__dict__["_saf_rt"]
-        if online and rt.on_weight_change == "warn":  # the update at every step is asked for:
-            rt.on_weight_change = "accept"             # SAF-E's online semantics (OTTT_O)
         for t in range(T):
-            if online and t > 0:
-                optimizer.zero_grad()
-            # one update per sequence: DistributedDataParallel all-reduces once, at the last step
-            with _no_sync(net, not online and t < T - 1):
+            with torch.set_grad_enabled(keeps_graph(Mode.F, t, T)):
                 y = _first(net(x_seq[t]))
-                loss = loss_fn(y, _target_at(target, t, per_step_target))
-                loss.backward()
-            if online:
-                optimizer.step()
-            total += loss.detach()
-            outs = _keep(outs, t, T, y)
-        if optimizer is not None and not online:
-            optimizer.step()
-        return total, outs
+            outs = _keep(outs, t, T, y if t == T - 1 else y.detach())
+        loss = loss_fn(y, tgt)
+        loss.backward()
+    if optimizer is not None:
+        optimizer.step()
+    return loss.detach(), outs
 
-    # SAF-E in step mode 'm', or BPTT (no SAF): the whole sequence, one backward
+
+def _sequence_e_per_step(net, model, x_seq, target_at, loss_fn, optimizer, online):
+    """SAF-E in step mode 's': forward and backward at every step (memory flat in T); the
+    optimizer steps after every step (``online``) or once per sequence."""
+    T = x_seq.shape[0]
+    total = x_seq.new_zeros(())
+    outs = None
+    rt = model.__dict__["_saf_rt"]
+    if online and rt.on_weight_change == "warn":  # the update at every step is asked for:
+        rt.on_weight_change = "accept"             # SAF-E's online semantics (OTTT_O)
+    for t in range(T):
+        if online and t > 0:
+            optimizer.zero_grad()
+        # one update per sequence: DistributedDataParallel all-reduces once, at the last step
+        with _no_sync(net, not online and t < T - 1):
+            y = _first(net(x_seq[t]))
+            loss = loss_fn(y, target_at(t))
+            loss.backward()
+        if online:
+            optimizer.step()
+        total += loss.detach()
+        outs = _keep(outs, t, T, y)
+    if optimizer is not None and not online:
+        optimizer.step()
+    return total, outs
+
+
+def _sequence_whole(net, x_seq, target_at, loss_fn, optimizer, step_mode):
+    """SAF-E in step mode 'm', or BPTT (no SAF): the whole sequence, one backward."""
+    T = x_seq.shape[0]
     if step_mode == "m":
         out = _first(net(x_seq))
     else:
         out = torch.stack([_first(net(x_seq[t])) for t in range(T)])
-    loss = sum(loss_fn(out[t], _target_at(target, t, per_step_target)) for t in range(T))
+    loss = sum(loss_fn(out[t], target_at(t)) for t in range(T))
     loss.backward()
     if optimizer is not None:
         optimizer.step()

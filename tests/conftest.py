@@ -37,6 +37,36 @@ def float64():
     torch.set_default_dtype(old)
 
 
+@pytest.fixture
+def restore_registry():
+    """What the test registers (``register_neuron``, ``register_linear``, ``register_per_step``,
+    ``registry.register``, a library adapter) is unregistered afterwards: the registry is
+    global, and a test's classes must not reach the tests that run after it in the process.
+
+    The adapters of the libraries imported so far are loaded first; entries an adapter adds
+    during the test (its library imported by the test) are kept, since an adapter module is
+    imported once."""
+    from saf_plugin import registry
+
+    registry.load_adapters()
+    before = (dict(registry._REGISTRY), list(registry._LIKE), dict(registry._LIBRARIES))
+    yield registry
+    after = (dict(registry._REGISTRY), list(registry._LIKE), dict(registry._LIBRARIES))
+
+    def adapters(obj) -> bool:  # registered by an adapter module loaded during the test
+        return getattr(obj, "__module__", "").startswith("saf_plugin.adapters.")
+
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before[0])
+    registry._REGISTRY.update({cls: spec for cls, spec in after[0].items() if cls not in before[0]
+                               and cls.__module__.split(".")[0] in ("spikingjelly", "snntorch")})
+    registry._LIKE[:] = before[1] + [r for r in after[1] if r not in before[1] and adapters(r)]
+    registry._LIBRARIES.clear()
+    registry._LIBRARIES.update(before[2])
+    registry._LIBRARIES.update({k: v for k, v in after[2].items()
+                                if k not in before[2] and adapters(type(v))})
+
+
 def _spikingjelly_is_legacy() -> bool:
     from importlib.metadata import PackageNotFoundError, version
 

@@ -5,7 +5,7 @@ engine is behind it. Library mechanisms reset state (SpikingJelly ``functional.r
 snnTorch ``utils.reset`` plus each neuron's ``reset_mem``); nothing of saf-plugin's is used to
 run or reset a model. Works with SpikingJelly 2.0 and 0.0.0.0.14 (tests/legacy imports it).
 
-The rule (issue 9, "Done when"): for each model and SAF mode the outcome is either
+The rule: for each model and SAF mode the outcome is either
 
 - ``exact``: the outputs equal the plain model's within 1e-9 in float64 (SAF-E: the per-step
   outputs; SAF-F: the spike representation r[t] = (Σ_k λ^(t−k) o[k]) / c[t] of the plain
@@ -13,9 +13,9 @@ The rule (issue 9, "Done when"): for each model and SAF mode the outcome is eith
   forward bit for bit; or
 - ``refused``: a saf-plugin error before any output, whose message names the operation (a
   per-case regular expression), after which the model runs its plain forward bit for bit --
-  and only for cases where the issue allows a refusal. "Before any output" is ``set_saf``
+  and only for cases where a refusal is allowed (the case's ``refuse`` patterns). "Before any output" is ``set_saf``
   itself, or the model's first call, provided that call returns nothing and leaves the model
-  switched back (``saf_mode(net) is None``): issue 9 asks for a refusal "before any output is
+  switched back (``saf_mode(net) is None``): a refusal must come "before any output is
   produced", and an engine that analyses the model by recording its first real forward can
   only refuse there.
 
@@ -126,8 +126,8 @@ def _threshold_from(x: Tensor, quantile: float) -> Optional[float]:
 def calibrate(net: nn.Module, run: Callable[[], object], *, quantile: float = 0.75) -> None:
     """Set every neuron's threshold from its own first input (in execution order, so each
     neuron sees inputs shaped by the thresholds already set upstream), so that every neuron
-    layer fires at a rate strictly between 0 and 1. The issue allows this ("thresholds set so
-    that every neuron layer fires"); the model is otherwise used as it is."""
+    layer fires at a rate strictly between 0 and 1 (a layer that never fires makes a
+    comparison vacuous); the model is otherwise used as it is."""
     done: set[int] = set()
 
     def pre(module, args):
@@ -377,7 +377,7 @@ def assert_acceptable(case: Case, mode: str, outcome: Outcome) -> None:
     pattern = case.refusal_pattern(mode)
     if outcome.kind == "refused":
         assert pattern is not None, (
-            f"{case.name} SAF-{mode}: refused, but the issue demands exact: {outcome.detail}")
+            f"{case.name} SAF-{mode}: refused, but this case must be exact: {outcome.detail}")
         assert re.search(pattern, outcome.message), (
             f"{case.name} SAF-{mode}: the refusal does not name the operation "
             f"(/{pattern}/): {outcome.detail}")

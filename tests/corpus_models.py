@@ -1,4 +1,4 @@
-"""The corpus: third-party models used as they are (issue 9), tiny sizes, thresholds calibrated.
+"""The corpus: third-party models used as they are, tiny sizes, thresholds calibrated.
 
 Each builder takes the step mode and returns ``(net, x)``: the model in float64 (snnTorch: float32,
 its surrogates emit float32 spikes) with every neuron's threshold set so that every neuron layer
@@ -391,8 +391,8 @@ ZOO = [
 ]
 
 
-# --------------------------------------------------------------------------- issue 9, "Why"
-# One small model per case listed under "Why" (SpikingJelly 2.0 modules, float64).
+# --------------------------------------------------------------------------- WHY
+# One small model per case SAF must get right (SpikingJelly 2.0 modules, float64).
 
 
 def lif(tau=2.0, **kw):
@@ -645,7 +645,7 @@ WHY = [
 ]
 
 
-# --------------------------------------------------------------------------- issue 19
+# --------------------------------------------------------------------------- MORE
 # Third-party models used as they are, with operations across time (step mode 'm'), stateful
 # modules that are not neurons of a library, neurons shared by layers or reset mid-forward.
 
@@ -781,7 +781,7 @@ def rl_net(module: str, cls: str):
     return build
 
 
-# --------------------------------------------------------------------------- snnTorch, issue 19
+# --------------------------------------------------------------------------- MORE, snnTorch
 # Tutorial 5's style (init_hidden=False, explicit membranes, loops inside forward), float32.
 
 
@@ -884,9 +884,9 @@ def snn_encoder_decoder(decoder, reset="init_leaky"):
     return build
 
 
-ISSUE19 = [
+MORE = [
     # zoo transformers (step mode 'm' only, heads on x.mean(0): no per-step output, so SAF-F
-    # is judged by its refusal in test_corpus_issue19.py)
+    # is judged by its refusal in test_corpus_more.py)
     Case("sj_spike_driven_transformer", spike_driven_transformer(SOFT), step_modes=("m",)),
     Case("sj_spike_driven_transformer_as_is", spike_driven_transformer({}), step_modes=("m",)),
     Case("sj_qkformer", qkformer, step_modes=("m",)),

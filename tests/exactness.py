@@ -1,9 +1,9 @@
-"""Helpers for the issue-19 tests (test_time_axis, test_made_tensors, test_state_reads,
+"""Helpers for the exactness tests (test_time_axis, test_made_tensors, test_state_reads,
 test_lifecycle): run a small model plainly, under SAF and switched back, and compare.
 
 Public API only (``set_saf``, ``check``); state is reset with the libraries' own mechanisms
 (:func:`corpus_harness.reset`), the RNG re-seeded before every run so random masks are the same
-in the plain and the SAF run. The rule (issue 19): outputs within 1e-9 in float64 (SAF-F: the
+in the plain and the SAF run. The rule: outputs within 1e-9 in float64 (SAF-F: the
 spike representation of the plain outputs), every neuron layer firing at a rate strictly between
 0 and 1, and ``set_saf(net, None)`` restoring the plain forward bit for bit. A refusal raises
 out of :func:`assert_exact` and fails the test with saf-plugin's message.

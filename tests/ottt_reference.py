@@ -1,4 +1,4 @@
-"""OTTT's reference VGG with its own neuron class, transcribed for the corpus (issue 19).
+"""OTTT's reference VGG with its own neuron class, transcribed for the corpus.
 
 A compact transcription -- not a copy -- of the model code of pkuxmq/OTTT-SNN (M. Xiao et al.,
 "Online Training Through Time for Spiking Neural Networks", NeurIPS 2022), commit

@@ -151,7 +151,6 @@ def test_without_the_guard_checkpoint_is_wrong_so_the_refusal_is_needed(float64,
     accumulations), and a checkpointed block with a neuron fails in backward. If this test starts
     failing, the engine may have learnt to recompute checkpointed blocks exactly, and the refusal
     can be revisited."""
-    monkeypatch.setattr(runtime, "no_checkpoint", lambda whole=False: None)
     monkeypatch.setattr(runtime.Runtime, "no_checkpoint", staticmethod(lambda: None))
     xs = inputs()
     ref = model("conv-pool")

@@ -1,7 +1,7 @@
-"""Issue 9's corpus: third-party models used as they are (no fix()), and one small model per
-case listed under "Why". Each is run plainly and under SAF-E / SAF-F in both step modes where it
+"""The corpus: third-party models used as they are (no fix()), and one small model per
+case SAF must get right (``corpus_models.WHY``). Each is run plainly and under SAF-E / SAF-F in both step modes where it
 has them; the outcome must be exact (float64 within 1e-9; snnTorch float32: spikes equal, other
-outputs within 1e-5) and revert bit for bit, or -- where the issue allows it -- a refusal by
+outputs within 1e-5) and revert bit for bit, or -- where the case allows it -- a refusal by
 set_saf that names the operation. See tests/corpus_harness.py for the rule, and
 tests/corpus_models.py for the models and how their thresholds are set so every layer fires.
 """

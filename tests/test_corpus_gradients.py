@@ -1,7 +1,7 @@
 """SAF-E gradients of a model with BatchNorm in training mode and MaxPool, against an
-independent reference written here by hand (issue 9, "Done when").
+independent reference written here by hand.
 
-The reference is OTTT's rule (../shared/SAF.md, "SAF-E"), built from the plain SpikingJelly
+The reference is OTTT's rule (docs/theory.md, "SAF-E and Theorem 1"), built from the plain SpikingJelly
 model itself, nothing of saf-plugin:
 
 - the model runs one step at a time (step mode 's'), a loss at every step, backward per step;

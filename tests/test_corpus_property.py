@@ -1,14 +1,14 @@
-"""Property (issue 9, "Done when"; issue 19): over random small architectures built from the
+"""Property: over random small architectures built from the
 operations SAF meets between neurons -- Linear/Conv, AvgPool, MaxPool (module and F.max_pool2d),
 BatchNorm in training mode, products of two spike tensors, branches summed, mixed τ (2 and 8),
-soft-reset LIF and IF; issue 19 adds per-step random tensors (a rand_like dropout mask, randn_like
+soft-reset LIF and IF, per-step random tensors (a rand_like dropout mask, randn_like
 noise), in step mode 'm' operations across time (a convolution across time after a permute, a
 module that loops over the steps itself and stacks them, a head on the mean or max over time),
 and batch == T -- set_saf(net, "E") either refuses with a saf-plugin error before any output, or
 the outputs equal the plain model's within 1e-9 (float64) and set_saf(net, None) restores it bit
 for bit. Every neuron layer fires (thresholds calibrated; examples where that is impossible are
-discarded). Bounded and deterministic (derandomised, explicit examples for each issue-19
-operation), so it runs the same in CI every time.
+discarded). Bounded and deterministic (derandomised, explicit examples for each of the
+latter operations), so it runs the same in CI every time.
 """
 
 from __future__ import annotations
@@ -18,12 +18,15 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, Phase, assume, event, example, given, settings
-from hypothesis import strategies as st
 from spikingjelly.activation_based import functional, layer, neuron
 from torch import nn
 
 from corpus_harness import Case, assert_fires, calibrate, judge, prepared, run
+
+pytest.importorskip("hypothesis", reason="the property tests need hypothesis (pip install "
+                    "hypothesis)")
+from hypothesis import HealthCheck, Phase, assume, event, example, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 T, B, C, HW = 3, 2, 3, 8
 _ids = itertools.count()
@@ -179,7 +182,7 @@ def _case(arch, seed):
 
 
 LIF2, IF8 = ("lif", 2.0), ("if", 8.0)
-EXPLICIT = [  # one of each issue-19 operation, always run (before the generated examples)
+EXPLICIT = [  # one of each of those operations, always run (before the generated examples)
     dict(step_mode="m", blocks=[("conv", False, *LIF2), ("tconv", *LIF2)], readout="tmean",
          batch=T),
     dict(step_mode="m", blocks=[("conv", True, *LIF2), ("tloop", *IF8), ("maxpool",)],

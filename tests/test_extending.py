@@ -1,4 +1,5 @@
-"""The public extension API, used as a user would, from outside the package: a user's own
+"""The public extension API, used as a user would, from outside the package (each test's
+registrations are undone after it: ``restore_registry``): a user's own
 neuron (a plain nn.Module with a hard reset; a SpikingJelly MemoryModule given its LIF
 parameters), a user's per-step module and a user's linear map. Outputs equal the plain model's in
 float64; the plain neuron's SAF-E gradient equals the detached-state + trace reference."""
@@ -37,7 +38,9 @@ class MyLIF(nn.Module):
         return s
 
 
-saf_plugin.register_neuron(MyLIF, decay=lambda m: 1 - 1 / m.tau, state=("v",))
+@pytest.fixture
+def my_lif(restore_registry):
+    saf_plugin.register_neuron(MyLIF, decay=lambda m: 1 - 1 / m.tau, state=("v",))
 
 
 def my_net():
@@ -56,7 +59,7 @@ def run_plain(net, x):
     return torch.stack([net(xt) for xt in x])
 
 
-def test_a_users_neuron_runs_per_step_exactly_over_two_sequences():
+def test_a_users_neuron_runs_per_step_exactly_over_two_sequences(my_lif):
     net, x = my_net()
     ref = run_plain(net, x)
     rates = [float(o.mean()) for o in (ref,)]
@@ -77,7 +80,7 @@ def test_a_users_neuron_runs_per_step_exactly_over_two_sequences():
         saf_plugin.set_saf(copy.deepcopy(net), "F")
 
 
-def test_a_users_neuron_gets_ottts_gradient():
+def test_a_users_neuron_gets_ottts_gradient(my_lif):
     net, x = my_net()
     r = torch.randn(T, B, 6, dtype=torch.float64)
     lin1, n1, lin2, n2 = net
@@ -133,12 +136,10 @@ def two_memory_modules(cls, theta1: float, theta2: float):
     return net, x, ref
 
 
-saf_plugin.register_neuron(MySoftLIF, decay=lambda m: 1 - 1 / m.tau, lif=lambda m: dict(
-    decay=1 - 1 / m.tau, threshold=m.v_threshold, surrogate=m.surrogate_function))
-
-
 @pytest.mark.parametrize("mode", ["E", "F"])
-def test_a_users_memory_module_runs_the_closed_form(mode):
+def test_a_users_memory_module_runs_the_closed_form(mode, restore_registry):
+    saf_plugin.register_neuron(MySoftLIF, decay=lambda m: 1 - 1 / m.tau, lif=lambda m: dict(
+        decay=1 - 1 / m.tau, threshold=m.v_threshold, surrogate=m.surrogate_function))
     net, x, ref = two_memory_modules(MySoftLIF, 0.4, 0.15)
     assert saf_plugin.check(net)[0].reason.startswith("closed form")
     saf = saf_plugin.set_saf(copy.deepcopy(net), mode)
@@ -169,10 +170,8 @@ class ClampLayer(nn.Module):
         return Clamp.apply(x) * float(x.abs().max().item() > -1)  # .item(): per step
 
 
-saf_plugin.register_per_step(ClampLayer)
-
-
-def test_a_users_per_step_module():
+def test_a_users_per_step_module(restore_registry):
+    saf_plugin.register_per_step(ClampLayer)
     torch.manual_seed(0)
     net = nn.Sequential(layer.Linear(8, 16), ClampLayer(), layer.Linear(16, 16),
                         neuron.LIFNode(tau=2.0), layer.Linear(16, 6)).double()
@@ -198,10 +197,8 @@ class ScaledLinear(nn.Module):
         return MatMul.apply(x, self.weight) + self.bias
 
 
-saf_plugin.register_linear(ScaledLinear, shift=lambda m, out, nd: m.bias)
-
-
-def test_a_users_linear_map_runs_on_accumulations():
+def test_a_users_linear_map_runs_on_accumulations(restore_registry):
+    saf_plugin.register_linear(ScaledLinear, shift=lambda m, out, nd: m.bias)
     torch.manual_seed(0)
     net = nn.Sequential(layer.Linear(8, 16), neuron.LIFNode(tau=2.0, v_reset=None),
                         ScaledLinear(), neuron.LIFNode(tau=2.0, v_reset=None)).double()
@@ -216,7 +213,7 @@ def test_a_users_linear_map_runs_on_accumulations():
     assert "on accumulations" in routes["ScaledLinear"], routes
 
 
-def test_a_users_snntorch_neuron_subclass_runs_per_step():
+def test_a_users_snntorch_neuron_subclass_runs_per_step(restore_registry):
     snn = pytest.importorskip("snntorch")
 
     class MyLeaky(snn.Leaky):  # overrides the dynamics: not covered by snn.Leaky's entry
@@ -254,10 +251,8 @@ class MyHardLIF(base.MemoryModule):
         return s
 
 
-saf_plugin.register_neuron(MyHardLIF, decay=lambda m: 1 - 1 / m.tau)
-
-
-def test_a_users_memory_module_runs_per_step():
+def test_a_users_memory_module_runs_per_step(restore_registry):
+    saf_plugin.register_neuron(MyHardLIF, decay=lambda m: 1 - 1 / m.tau)
     net, x, ref = two_memory_modules(MyHardLIF, 0.35, 0.2)
     assert saf_plugin.check(net)[0].reason.startswith("per step")
     saf = saf_plugin.set_saf(copy.deepcopy(net), "E")

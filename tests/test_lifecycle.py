@@ -1,4 +1,4 @@
-"""Issue 19, "Lifecycle": what a user does to a model between and within sequences.
+"""Lifecycle: what a user does to a model between and within sequences.
 
 - ``set_saf(net, None)`` in the middle of a sequence: the model continues exactly like the plain
   model (closed-form and hard-reset SpikingJelly neurons, snnTorch ``Leaky``);

@@ -1,4 +1,4 @@
-"""Issue 19, "Per-step tensors that do not come from the input": a tensor the forward makes
+"""Per-step tensors that do not come from the input: a tensor the forward makes
 anew at every step (a random mask, noise, a row of a table picked by a step counter) changes from
 step to step, so SAF must run what it touches per step (or refuse before any output), never
 hold it constant across the accumulations.

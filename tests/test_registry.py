@@ -23,15 +23,9 @@ from saf_plugin.registry import Spec, lookup, lookup_class, register
 registry.load_adapters()  # (set_saf, check and lookup call it too)
 
 @pytest.fixture
-def registered():
-    """Classes registered by the test are unregistered afterwards (the registry is global; the
-    adapters of every library imported so far are loaded first, so that restoring the snapshot
-    cannot drop entries an adapter registered during the test)."""
-    registry.load_adapters()
-    before = dict(registry._REGISTRY)
+def registered(restore_registry):
+    """Classes registered by the test are unregistered afterwards (conftest.py)."""
     yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
 
 
 # ----------------------------------------------------------------------------- lookup

@@ -1,4 +1,4 @@
-"""Issue 19, "State reads are the plain model's": under SAF a closed-form SpikingJelly neuron
+"""State reads are the plain model's: under SAF a closed-form SpikingJelly neuron
 (``LIFNode(v_reset=None)``: soft reset) does not need its membrane, but whatever reads it must
 see the plain model's values:
 

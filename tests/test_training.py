@@ -1,5 +1,5 @@
 """saf_plugin.training: SAF-E against SpikingJelly's OTTT, SAF-F against its definition,
-memory flat in T, the epoch helper. Equivalences are checked in float64 (../shared/SAF.md)."""
+memory flat in T, the epoch helper. Equivalences are checked in float64 (docs/theory.md)."""
 
 import warnings
 
@@ -124,7 +124,7 @@ def test_saf_e_accumulated_follows_ottt_trajectory():
 
 
 # SAF recomputes past contributions with the updated W while OTTT_O's membrane keeps them
-# (../shared/SAF.md), so online runs drift apart, roughly in proportion to the learning rate.
+# (docs/theory.md), so online runs drift apart, roughly in proportion to the learning rate.
 # Measured after 3 sequences x 6 steps (18 updates), SGD momentum 0.9: max |W_saf - W_ottt| is
 # 5.5 % of how far OTTT's weights moved at lr 0.01 (21 % at 0.05, 45 % at 0.2). Bound: 10 % at 0.01.
 ONLINE_BOUND = 0.10
@@ -146,7 +146,7 @@ def test_saf_e_online_within_bound_of_ottt_online():
 
 
 def saf_f_definition(net, x, y):
-    """SAF-F by its definition (../shared/SAF.md), for Linear-LIF-Linear-LIF-Linear, θ = 1.
+    """SAF-F by its definition (docs/theory.md), for Linear-LIF-Linear-LIF-Linear, θ = 1.
 
     Forward: the LIF spikes, accumulated; the readout is the accumulated output / c[T−1].
     Backward only through the last step: dâ/dY = 1[0 < Y < θ c]/θ; Y = W â + b c[T−1] with

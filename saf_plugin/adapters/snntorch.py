@@ -82,7 +82,6 @@ Losses of ``snntorch.functional`` on SAF-E outputs (spikes [T, B, C] stacked by 
 
 from __future__ import annotations
 
-
 import snntorch as snn
 import torch
 from torch import Tensor, nn
@@ -91,8 +90,9 @@ from .. import _classes, neuron_step
 from ..core import host_float
 from ..errors import SAFStateError
 from ..neuron_step import NeuronParams, NeuronState
-from ..registry import NeuronAdapter, Spec, lookup, register
+from ..registry import NeuronFunctions, Spec, lookup, register, register_library
 from ..modes import Mode
+from . import snntorch_refusals  # noqa: F401  (registers what is refused)
 
 _SUBTRACT, _ZERO, _NONE = 0, 1, 2
 
@@ -198,7 +198,7 @@ def _chain(m: nn.Module, rt, mem):
 _STATES = ("mem", "syn", "spk", "syn_exc", "syn_inh")  # snnTorch's hidden-state buffers
 
 
-def _detach_states(m: nn.Module) -> None:
+def detach_states(m: nn.Module) -> None:
     for name in _STATES:
         value = getattr(m, name, None)
         if torch.is_tensor(value) and value.requires_grad:
@@ -212,13 +212,13 @@ def _per_step_forward(self, input_, *args, **kwargs):
     forward = type(self)._saf_base.forward
 
     def one_step(current):
-        _detach_states(self)
+        detach_states(self)
         a = [x.detach() if torch.is_tensor(x) else x for x in args]
         kw = {k: x.detach() if torch.is_tensor(x) else x for k, x in kwargs.items()}
         return forward(self, current, *a, **kw)
 
     out = neuron_step.per_step(rt, self, input_, self._saf_spec.neuron.decay(self), one_step)
-    _detach_states(self)  # the returned states keep their graph; the module holds none
+    detach_states(self)  # the returned states keep their graph; the module holds none
     self._saf_mem_ref = self.mem
     return out
 
@@ -308,9 +308,9 @@ def fix_leaky(m: nn.Module) -> str:
     return "reset_mechanism='zero' -> 'subtract' (reset by subtraction)"
 
 
-ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True,
-                        closed_form=closed_form)
+ADAPTER = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                          is_fresh=is_fresh, fix=fix_leaky, reset_on_shape_change=True,
+                          closed_form=closed_form)
 LEAKY = Spec("neuron", judge=judge_leaky, neuron=ADAPTER, dynamics=(
     "forward", "fire", "mem_reset", "_base_state_function", "_base_sub", "_base_int"))
 register(snn.Leaky, LEAKY)
@@ -321,67 +321,64 @@ def per_step_class(cls: type) -> type:
                                          "_call_impl": neuron_step.call_with_real_input})
 
 
-PER_STEP = NeuronAdapter(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
-                         is_fresh=is_fresh, reset_on_shape_change=True,
-                         closed_form=lambda m: False)
+PER_STEP = NeuronFunctions(saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
+                           is_fresh=is_fresh, reset_on_shape_change=True,
+                           closed_form=lambda m: False)
 
 
-# --------------------------------------------------------------------------- refusals
-
-
-def _refuse(reason: str, fix_hint: str):
-    return lambda m: ("unsupported", reason, fix_hint)
-
-
-_SEQUENCE = "a sequence-level neuron (it processes all time steps in one call)"
-_REFUSED = {
-    "StateLeaky": (_SEQUENCE, "use snn.Leaky driven step by step"),
-    "LinearLeaky": (_SEQUENCE, "use nn.Linear followed by snn.Leaky"),
-    "LeakyParallel": (_SEQUENCE, "use snn.Leaky driven step by step"),
-    "AssociativeLeaky": (_SEQUENCE + " with associative state", "use snn.Leaky"),
-    "Alpha": ("an alpha neuron: its input reaches the membrane through two currents that cancel "
-              "within a step (α- and β-current: +I and −I), so OTTT's instantaneous gradient, "
-              "which SAF-E trains with, is zero: nothing would learn",
-              "use snn.Synaptic (or snn.Leaky)"),
-    "DeltaLeaky": ("a Leaky that transmits membrane deltas, not spikes", "use snn.Leaky"),
-    "SLSTM": ("a spiking LSTM: its gates are nonlinear in the input", "use snn.Leaky"),
-    "SConv2dLSTM": ("a spiking conv-LSTM: its gates are nonlinear in the input",
-                    "use nn.Conv2d followed by snn.Leaky"),
-}
 for _name in ("Synaptic", "Lapicque", "RLeaky", "RSynaptic"):
     register(getattr(snn, _name), Spec("neuron", judge=judge_per_step, neuron=PER_STEP))
-for _name, (_reason, _fix) in _REFUSED.items():
-    _cls = getattr(snn, _name, None)
-    if _cls is not None:
-        register(_cls, Spec("neuron", judge=_refuse(f"snntorch.{_name} is {_reason}", _fix)))
-register(snn.SpikingNeuron, Spec("neuron", judge=_refuse(
-    "saf-plugin does not know this snnTorch neuron (a subclass that overrides a known neuron's "
-    "dynamics, or a neuron it does not list)",
-    "saf_plugin.register_neuron(cls, decay=...) runs it per step (docs/extending.md)")))
-
-def _is_bntt(kids) -> bool:
-    """snntorch.BatchNormTT1d/2d: a ModuleList of one plain BatchNorm1d/2d per time step, all of
-    one width, affine, with the bias removed (``bn.bias = None``). An ordinary list of
-    BatchNorms keeps its bias and is not BNTT. (BNTT built with ``affine=False`` looks like any
-    list of non-affine BatchNorms and is not recognised by class; the engine then refuses it at
-    run time, as a linear map that changes from step to step.)"""
-    if len(kids) < 2 or type(kids[0]) not in (nn.BatchNorm1d, nn.BatchNorm2d):
-        return False
-    first = kids[0]
-    return all(type(k) is type(first) and k.num_features == first.num_features and k.affine
-               and k.weight is not None and k.bias is None for k in kids)
 
 
-def judge_modulelist(m: nn.Module):
-    """snntorch.BatchNormTT1d/2d return a ModuleList of one BatchNorm per time step."""
-    kids = list(m.children())
-    if _is_bntt(kids):
-        return ("unsupported",
-                f"a ModuleList of {len(kids)} {type(kids[0]).__name__} (snntorch.BatchNormTT: "
-                "one BatchNorm per time step) is a time-varying affine map, which SAF's "
-                "accumulations cannot carry",
-                "use one BatchNorm (in eval mode) or weight-standardised layers")
-    return ("exact", "container", "")
+# --------------------------------------------------------------------------- the library
 
 
-register(nn.ModuleList, Spec("container", judge=judge_modulelist))
+class SnnTorchLibrary:
+    """snnTorch's :class:`~saf_plugin.contracts.LibraryAdapter`: ``SpikingNeuron`` subclasses
+    (state in buffers and attributes: ``mem``, ``syn``, ``spk``; reset by ``reset_mem``), one
+    step per call."""
+
+    name = "snntorch"
+    reset_advice = "utils.reset(net)"
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(module, snn.SpikingNeuron)
+
+    def step_mode(self, module: nn.Module):
+        return None
+
+    def step_mode_advice(self, mode: str):
+        return None
+
+    def reset(self, net: nn.Module) -> None:
+        """``reset_mem()`` of every neuron found by walking ``net.modules()`` (never the global
+        ``SpikingNeuron.instances`` registry, which misses deep copies and resets unrelated
+        nets)."""
+        for m in net.modules():
+            if isinstance(m, snn.SpikingNeuron):
+                reset = getattr(m, "reset_mem", None)
+                if reset is not None:
+                    reset()
+
+    detach_state = staticmethod(detach_states)
+
+    def state_stores(self, module: nn.Module):
+        return ()
+
+    def keeps_state_in_buffers(self, module: nn.Module) -> bool:
+        return isinstance(module, snn.SpikingNeuron)
+
+    def classes_changed(self, net: nn.Module) -> None:
+        pass
+
+    def neuron_adapter(self, cls: type, decay, lif):
+        if lif is not None or not issubclass(cls, snn.SpikingNeuron):
+            return None
+        adapter = NeuronFunctions(
+            saf_class=per_step_class, attach=attach, detach=detach, decay=decay,
+            is_fresh=is_fresh, reset_on_shape_change=True, closed_form=lambda m: False)
+        return adapter, judge_per_step
+
+
+LIBRARY = SnnTorchLibrary()
+register_library(LIBRARY)

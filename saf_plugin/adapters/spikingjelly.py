@@ -7,8 +7,8 @@ starts a new sequence (the SAF state itself lives in the model's runtime). A clo
 does not need its membrane, so ``v`` is computed when it is read (v[t] = ρ Y[t] − θ â[t],
 :func:`saf_plugin.neuron_step.membrane`; in step mode 'm' after every call, with ``v_seq``
 when ``store_v_seq`` is set): ``lif.v``, monitors and switching back to the plain model in the
-middle of a sequence see the plain model's membrane. Layers are not converted: their
-operations are judged from the data flow (``saf_plugin/runtime.py``).
+middle of a sequence see the plain model's membrane. Layers are not converted (the few SAF
+knows by class: :mod:`.spikingjelly_layers`).
 
 Both generations share this adapter; what only one of them has is looked up by name (2.0:
 ``OTTTLIFNode``, ``SLTTLIFNode``, ``WSConv2d``, ``OTTTSequential``; 0.0.0.0.14: ``backend``).
@@ -20,6 +20,8 @@ cannot run, as SpikingJelly's own ``'cupy'`` does), ``'torch'`` -> the PyTorch s
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from spikingjelly.activation_based import base, layer, neuron
 from torch import nn
@@ -28,9 +30,8 @@ from .. import _classes, neuron_step
 from ..core import host_float
 from ..dataflow import STEP
 from ..neuron_step import NeuronParams
-from ..registry import NeuronAdapter, Spec, lookup, register, register_like
-from . import torch_nn
-
+from ..registry import NeuronFunctions, Spec, lookup, register, register_library, register_like
+from . import spikingjelly_layers  # noqa: F401  (registers SpikingJelly's layers)
 
 
 def decay(m: nn.Module):
@@ -95,7 +96,7 @@ def closed_form(m: nn.Module) -> bool:
     return spec.neuron is not PER_STEP and spec.neuron.route(m) == "closed form"
 
 
-def _detach_memories(m: nn.Module) -> None:
+def detach_memories(m: nn.Module) -> None:
     """Detach the state of ``m`` (and of the modules inside it: a recurrent container's)."""
     for mod in m.modules():
         for name, value in getattr(mod, "_memories", {}).items():
@@ -115,7 +116,7 @@ def _forward(self, x, *args, **kwargs):
     base = type(self)._saf_base
 
     def one_step(current):  # the module's own forward (its step mode picks single/multi-step)
-        _detach_memories(self)  # OTTT's rule: the state's history is a constant
+        detach_memories(self)  # OTTT's rule: the state's history is a constant
         self.__dict__["_saf_inner"] = True
         try:
             return base.forward(self, current, *args, **kwargs)
@@ -290,11 +291,11 @@ def plain_state(m: nn.Module) -> bool:
     return closed_form(m) and torch.is_tensor(m._memories.get("v"))
 
 
-ADAPTER = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                        is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
-                        closed_form=closed_form, params=params, decay_value=decay_value)
-PER_STEP = NeuronAdapter(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
-                         is_fresh=is_fresh, closed_form=closed_form, decay_value=decay_value)
+ADAPTER = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                          is_fresh=is_fresh, fix=fix_neuron, plain_state=plain_state,
+                           closed_form=closed_form, params=params, decay_value=decay_value)
+PER_STEP = NeuronFunctions(saf_class=saf_class, attach=attach, detach=detach, decay=decay,
+                           is_fresh=is_fresh, closed_form=closed_form, decay_value=decay_value)
 _DYNAMICS = ("single_step_functional_forward", "multi_step_functional_forward",
              "single_step_forward", "multi_step_forward", "forward", "neuronal_charge",
              "neuronal_fire", "neuronal_reset")
@@ -336,44 +337,66 @@ MEMORY_LIKE = Spec("neuron", judge=judge_neuron, neuron=PER_STEP, dynamics=())
 register_like(_memory_like)
 
 
-def fix_maxpool(m: nn.Module):
-    """layer.MaxPoolNd -> layer.AvgPoolNd with the same geometry and step mode."""
-    new, note = torch_nn.fix_maxpool(m)
-    if new is None:
-        return new, note
-    sj = getattr(layer, type(new).__name__)
-    new = sj(new.kernel_size, new.stride, new.padding, ceil_mode=new.ceil_mode,
-             count_include_pad=False, step_mode=m.step_mode)
-    return new, f"replaced {type(m).__name__} by layer.{type(new).__name__} (same geometry)"
+# --------------------------------------------------------------------------- the library
 
 
-def cached_standardised_weight(self):
-    """WSConv2d/WSLinear under SAF: without autograd (SAF-F's steps 0..T−2, inference) the
-    standardised weight is computed once per weight version instead of at every step."""
-    base = type(self)._saf_base
-    if torch.is_grad_enabled():  # parameters only: no operation the engine must see
-        with torch._C.DisableTorchFunction():
-            return base.get_weight(self)
-    gain = getattr(self, "gain", None)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
-                for p in (self.weight, gain) if p is not None)
-    cached = self.__dict__.get("_saf_ws_cache")
-    if cached is None or cached[0] != key:
-        cached = (key, base.get_weight(self))
-        self.__dict__["_saf_ws_cache"] = cached
-    return cached[1]
+def _lif_params(p: dict) -> NeuronParams:
+    """``register_neuron(..., lif=...)``'s parameters as the closed form's."""
+    return NeuronParams(float(p["decay"]), None, float(p["threshold"]), p.get("input_scale"),
+                        p["surrogate"])
 
 
-def _layers(*names: str) -> list[type]:
-    return [getattr(layer, name) for name in names if hasattr(layer, name)]
+def _judge_closed(m: nn.Module):
+    return ("exact", "closed form (registered LIF parameters)", "")
 
 
-for _cls in _layers("Dropout", "Dropout2d"):  # one mask per sequence: a product with a constant
-    register(_cls, Spec("linear"))
-for _cls in _layers("WSConv2d", "WSLinear"):
-    register(_cls, Spec("linear", methods={"get_weight": cached_standardised_weight}))
-for _cls in _layers("MaxPool1d", "MaxPool2d", "MaxPool3d"):
-    register(_cls, Spec("nonlinear", fix=fix_maxpool))
-for _cls in _layers("SeqToANNContainer", "MultiStepContainer", "StepModeContainer",
-                    "OTTTSequential"):
-    register(_cls, Spec("container"))
+class SpikingJellyLibrary:
+    """SpikingJelly's :class:`~saf_plugin.contracts.LibraryAdapter`: memory modules (state in
+    ``_memories``, reset by ``functional.reset_net``), step modes 's' and 'm'."""
+
+    name = "spikingjelly"
+    reset_advice = "functional.reset_net(net)"
+
+    def owns(self, module: nn.Module) -> bool:
+        return isinstance(getattr(module, "_memories", None), dict)
+
+    def step_mode(self, module: nn.Module):
+        mode = getattr(module, "step_mode", None)
+        return mode if isinstance(mode, str) else None
+
+    def step_mode_advice(self, mode: str) -> str:
+        return f"functional.set_step_mode(net, {mode})"
+
+    def reset(self, net: nn.Module) -> None:
+        if any(isinstance(m, base.MemoryModule) for m in net.modules()):
+            from spikingjelly.activation_based import functional
+
+            functional.reset_net(net)  # (resets SAF's memory too: a new sequence)
+
+    detach_state = staticmethod(detach_memories)
+
+    def state_stores(self, module: nn.Module):
+        memories = module.__dict__.get("_memories")
+        return (memories,) if memories else ()
+
+    def keeps_state_in_buffers(self, module: nn.Module) -> bool:
+        return False
+
+    def classes_changed(self, net: nn.Module) -> None:
+        fn = getattr(sys.modules.get("spikingjelly.activation_based.functional"),
+                     "invalidate_reset_cache", None)
+        if fn is not None:
+            fn(net)
+
+    def neuron_adapter(self, cls: type, decay, lif):
+        if not issubclass(cls, base.MemoryModule):
+            return None
+        adapter = NeuronFunctions(
+            saf_class=saf_class, attach=attach, detach=detach, decay=decay, is_fresh=is_fresh,
+            closed_form=lambda m: lif is not None,
+            params=None if lif is None else (lambda m: _lif_params(lif(m))))
+        return adapter, (judge_neuron if lif is None else _judge_closed)
+
+
+LIBRARY = SpikingJellyLibrary()
+register_library(LIBRARY)

@@ -1,7 +1,7 @@
 """torch.nn modules SAF must know by class: max pooling (``fix`` offers average pooling, which
 runs on accumulations instead of per step) and containers (only their children count).
 
-Every other module is judged by the operations its forward runs (``saf_plugin/runtime.py``).
+Every other module is judged by the operations its forward runs (:mod:`saf_plugin.runtime`).
 """
 
 from __future__ import annotations

@@ -3,8 +3,6 @@ CSNN; and which library a model uses, hence which methods can run on it."""
 
 from __future__ import annotations
 
-import sys
-
 from torch import nn
 
 from .methods import METHODS, SNNTORCH_METHODS
@@ -69,12 +67,12 @@ def snntorch_csnn(beta: float = 0.5) -> nn.Module:
 
 
 def library(net: nn.Module) -> str:
-    """"snntorch" when the model has snnTorch neurons, else "spikingjelly"."""
-    snn = sys.modules.get("snntorch")
-    neuron_cls = getattr(snn, "SpikingNeuron", None)
-    if neuron_cls is not None and any(isinstance(m, neuron_cls) for m in net.modules()):
-        return "snntorch"
-    return "spikingjelly"
+    """The name of the library whose adapter owns the model's neurons ("snntorch",
+    "spikingjelly"); "spikingjelly" when none does (the benchmark's own models)."""
+    from ..registry import model_library
+
+    owner = model_library(net)
+    return "spikingjelly" if owner is None else owner.name
 
 
 def methods_for(net: nn.Module) -> tuple[str, ...]:

@@ -112,35 +112,7 @@ def figure(results: list[dict], titles: list[str], sources: list[str], path: Pat
     for row, res, title in zip(axes, results, titles):
         methods = [m for m in STYLE if any(r["method"] == m for r in res["rows"])]
         for ax, k in zip(row, keys):
-            key, label, scale = PANELS[k]
-            for i, m in enumerate(methods):
-                pts = sorted((r["T"], r) for r in res["rows"] if r["method"] == m and key in r)
-                if not pts:
-                    continue
-                name, colour, marker, filled = STYLE[m]
-                off = i - (len(methods) - 1) / 2  # side by side, so equal values stay visible
-                xs = [t * 2 ** (0.05 * off) if log else t + 0.02 * off * (ts[-1] - ts[0] or 1)
-                      for t, _ in pts]
-                ys = [r[key] / scale for _, r in pts]
-                kw = dict(color=colour, marker=marker, markersize=6, linewidth=1.2,
-                          markerfacecolor=colour if filled else "none", label=name)
-                if key == "time_median_s":
-                    err = [[y - r["time_min_s"] for y, (_, r) in zip(ys, pts)],
-                           [r["time_max_s"] - y for y, (_, r) in zip(ys, pts)]]
-                    handles[name] = ax.errorbar(xs, ys, yerr=err, capsize=2, **kw)
-                else:
-                    handles[name] = ax.plot(xs, ys, **kw)[0]
-            if log:
-                ax.set_xscale("log", base=2)
-            if log and k == "time":
-                ax.set_yscale("log")
-            else:  # memory from 0: a spread of a few MiB stays a few MiB high
-                ax.set_ylim(bottom=0)
-            ax.set_xticks(ts, [str(t) for t in ts])
-            ax.tick_params(labelbottom=True)
-            ax.set_xlabel("T (time steps)")
-            ax.set_ylabel(label)
-            ax.grid(alpha=0.3, which="both")
+            _panel(ax, k, res["rows"], methods, ts, log, handles)
         row[0].set_title(title, fontsize=9, loc="left")
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles),
                frameon=False)
@@ -152,6 +124,41 @@ def figure(results: list[dict], titles: list[str], sources: list[str], path: Pat
                                          "Machine": machine_label(results[0]["machine"])})
     plt.close(fig)
     return path
+
+
+def _panel(ax, k: str, rows: list[dict], methods: list[str], ts: list[int], log: bool,
+           handles: dict) -> None:
+    """One panel of :func:`figure`: measure ``k`` of each method against T (``handles``
+    collects the legend's entries)."""
+    key, label, scale = PANELS[k]
+    for i, m in enumerate(methods):
+        pts = sorted((r["T"], r) for r in rows if r["method"] == m and key in r)
+        if not pts:
+            continue
+        name, colour, marker, filled = STYLE[m]
+        off = i - (len(methods) - 1) / 2  # side by side, so equal values stay visible
+        xs = [t * 2 ** (0.05 * off) if log else t + 0.02 * off * (ts[-1] - ts[0] or 1)
+              for t, _ in pts]
+        ys = [r[key] / scale for _, r in pts]
+        kw = dict(color=colour, marker=marker, markersize=6, linewidth=1.2,
+                  markerfacecolor=colour if filled else "none", label=name)
+        if key == "time_median_s":
+            err = [[y - r["time_min_s"] for y, (_, r) in zip(ys, pts)],
+                   [r["time_max_s"] - y for y, (_, r) in zip(ys, pts)]]
+            handles[name] = ax.errorbar(xs, ys, yerr=err, capsize=2, **kw)
+        else:
+            handles[name] = ax.plot(xs, ys, **kw)[0]
+    if log:
+        ax.set_xscale("log", base=2)
+    if log and k == "time":
+        ax.set_yscale("log")
+    else:  # memory from 0: a spread of a few MiB stays a few MiB high
+        ax.set_ylim(bottom=0)
+    ax.set_xticks(ts, [str(t) for t in ts])
+    ax.tick_params(labelbottom=True)
+    ax.set_xlabel("T (time steps)")
+    ax.set_ylabel(label)
+    ax.grid(alpha=0.3, which="both")
 
 
 def plot(result: dict, name: str, plot_dir: Path) -> list[Path]:

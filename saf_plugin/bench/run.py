@@ -52,33 +52,8 @@ def worker(args) -> dict:
     return memory_of(run, x_seq, y, device)
 
 
-def _fresh_memory(args, method: str, T: int) -> dict:
-    cmd = [sys.executable, "-m", "saf_plugin.bench", "--worker-method", method,
-           "--worker-T", str(T), "--net", args.net, "--width-div", str(args.width_div),
-           "--batch", str(args.batch), "--input-shape", ",".join(map(str, args.input_shape)),
-           "--hidden", str(args.hidden), "--device", args.device]
-    if args.model:
-        cmd += ["--model", args.model]
-    if args.fix:
-        cmd.append("--fix")
-    path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.getcwd(),
-                                         os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=path)
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["worker failed"])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
-def benchmark(args) -> dict:
-    def say(msg: str, end: str = "\n") -> None:
-        if not args.quiet:
-            print(msg, end=end, file=sys.stderr, flush=True)
-
-    device = torch.device(args.device)
-    base = _base(args, say)
-    if args.methods is None:
-        args.methods = list(methods_for(base))
+def _runners(args, base: nn.Module, device) -> tuple[dict, dict]:
+    """(method -> its runner on its variant of ``base``, method -> why it cannot run)."""
     runners, errors = {}, {}
     for m in args.methods:
         try:
@@ -89,9 +64,15 @@ def benchmark(args) -> dict:
                 errors[m] += "\n  (--fix applies saf_plugin.fix(net, soft_reset=True) first)"
         except Exception as e:  # pragma: no cover - a failure nobody foresaw: say what it was
             errors[m] = f"{type(e).__name__}: {e}"
+    return runners, errors
+
+
+def _time_all(args, runners: dict, errors: dict, device, classes: int, say) -> tuple[dict, dict]:
+    """Interleaved timing: ((method, T) -> seconds of each timed iteration, method -> the T at
+    which one iteration took longer than --max-seconds). A method that fails is dropped from
+    ``runners``, its error kept in ``errors``."""
     times: dict = {(m, T): [] for m in runners for T in args.T}
     stopped: dict = {}  # method -> the T at which one iteration took longer than --max-seconds
-    classes = num_classes(base, args.input_shape)
     inputs = {T: make_inputs(args.input_shape, args.batch, T, device, classes=classes) for T in args.T}
     plan = [(r, T) for r in range(args.warmup) for T in args.T[:1]]
     plan += [(r, T) for r in range(args.warmup, args.warmup + args.repeats) for T in args.T]
@@ -119,6 +100,11 @@ def benchmark(args) -> dict:
                     stopped[m] = T
                     say(f"{m}: {dt:.0f} s > --max-seconds {args.max_seconds:g} at T={T}; "
                         "larger T skipped")
+    return times, stopped
+
+
+def _rows(args, runners: dict, times: dict, say) -> list[dict]:
+    """One row per timed (method, T), with its memory measured in a fresh process."""
     rows = []
     todo = [(m, T) for (m, T), ts in times.items() if m in runners and ts]
     memory = [(m, T) for m, T in todo if not args.no_memory and (not args.memory_T or T in args.memory_T)]
@@ -134,6 +120,42 @@ def benchmark(args) -> dict:
             say(f"{row['peak_rss_bytes'] / 2**20:.0f} MiB peak RSS" if "peak_rss_bytes" in row
                 else row.get("error", ""))
         rows.append(row)
+    return rows
+
+
+def _fresh_memory(args, method: str, T: int) -> dict:
+    cmd = [sys.executable, "-m", "saf_plugin.bench", "--worker-method", method,
+           "--worker-T", str(T), "--net", args.net, "--width-div", str(args.width_div),
+           "--batch", str(args.batch), "--input-shape", ",".join(map(str, args.input_shape)),
+           "--hidden", str(args.hidden), "--device", args.device]
+    if args.model:
+        cmd += ["--model", args.model]
+    if args.fix:
+        cmd.append("--fix")
+    path = os.pathsep.join(filter(None, [str(PACKAGE_PARENT), os.getcwd(),
+                                         os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONPATH=path)
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return {"error": (p.stderr.strip().splitlines() or ["worker failed"])[-1]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def benchmark(args) -> dict:
+    """Time every method of ``args.methods`` at every T (interleaved repeats), then measure
+    the memory of each (method, T) in a fresh process; the result as ``saf bench`` writes it."""
+    def say(msg: str, end: str = "\n") -> None:
+        if not args.quiet:
+            print(msg, end=end, file=sys.stderr, flush=True)
+
+    device = torch.device(args.device)
+    base = _base(args, say)
+    if args.methods is None:
+        args.methods = list(methods_for(base))
+    runners, errors = _runners(args, base, device)
+    classes = num_classes(base, args.input_shape)
+    times, stopped = _time_all(args, runners, errors, device, classes, say)
+    rows = _rows(args, runners, times, say)
     return {"machine": machine(), "config": {
         "net": args.model or args.net, "width_div": args.width_div, "batch": args.batch,
         "input_shape": args.input_shape, "T": args.T, "repeats": args.repeats,

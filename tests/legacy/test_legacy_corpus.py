@@ -1,4 +1,4 @@
-"""Issue 9's corpus on SpikingJelly 0.0.0.0.14's model zoo (the legacy environment,
+"""The corpus on SpikingJelly 0.0.0.0.14's model zoo (the legacy environment,
 scripts/ci_legacy.sh): spiking_resnet18, sew_resnet18 (ADD, IAND), spiking_vgg11_bn in training
 mode, parametric_lif_net's networks. Same harness and outcome rule as tests/test_corpus.py
 (tests/corpus_harness.py): float64, every neuron layer firing, both step modes; exact within 1e-9

@@ -1,18 +1,15 @@
-"""Linear maps between neurons, once per step on accumulations (a mixin of
-:class:`saf_plugin.runtime.Runtime`, dispatched by :mod:`saf_plugin.routes`).
+"""Linear maps between neurons, once per step on accumulations.
 
 A linear map A commutes with the accumulation: A(Σ_k λ^k v[t−k]) = Σ_k λ^k A v[t−k], so it runs
 once on the accumulated input; an additive constant β (a bias, BatchNorm's shift) is scaled by
 c[t] = Σ_k λ^k. linear, conv, average pooling, eval-mode batch_norm, add/sub of branches and
 constants, mul/div by constants, matmul with a constant, sum/mean over non-time dims, cat/stack
-of one decay, and the modules declared with ``register_linear``. See docs/theory.md ("When SAF
-is exact: the data flow").
+of one decay, and the modules declared with ``register_linear``. A map whose input is a
+per-step value and whose constants need no gradient runs on that value itself. See
+docs/theory.md ("When SAF is exact: the data flow").
 
-``set_saf(..., accumulate=torch.float64)``: per-step values are cast to float64 where they are
-accumulated (:meth:`LinearRoutes.high`), a map's constants (weights, biases, BatchNorm
-statistics) at every call (:meth:`LinearRoutes._consts`; gradients reach the model's
-parameters), and per-step values made from accumulations (de-accumulated values, spikes,
-outputs) back to the model's dtype (:meth:`LinearRoutes.low`).
+A mixin of :class:`saf_plugin.runtime.Runtime`; its routes are registered in
+:data:`saf_plugin.runtime.routes.ROUTES`.
 """
 
 from __future__ import annotations
@@ -22,47 +19,62 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.stateless import _reparametrize_module  # (what torch.func.functional_call
-from torch.utils._pytree import tree_flatten                # uses, without the module's hooks)
+                                                            # uses, without the module's hooks)
 
-from . import timeaxis
-from .dataflow import _CONV, _POOL, ACC, SPIKE, STEP, Rep, Site, tensors_in
-from .modes import Mode
-from .timeaxis import TOUCH
+from .. import timeaxis
+from ..dataflow import _CONV, _POOL, ACC, SPIKE, STEP, Rep, Site, tensors_in
+from ..modes import Mode
+from ..registry import module_step_mode
+from ..timeaxis import TOUCH
+from .routes import PER_STEP, route
 
 
 class LinearRoutes:
-    """The linear-map routes of the runtime."""
+    """The linear-map routes."""
 
-    def _linear_op(self, bias_at):
-        def run(func, name, args, kwargs):
-            args, kwargs = list(args), dict(kwargs)
-            consts = tensors_in(args[1:], tensors_in(kwargs) if kwargs else None)
-            if any(a in self.reps for a in consts):
-                return NotImplemented  # e.g. a weight computed from the input: per step
-            x = args[0]
-            time = self._map_time(name, x)
-            if time == TOUCH:
-                return NotImplemented  # it works along time (step mode 'm'): per step
-            if self._plain(x, consts):
-                return self._per_step(func, name, args, kwargs, linear=True)
-            site = self.site(name, tuple(args))
-            self._note(site.where, name, "on accumulations")
-            self.watch_weights(site, consts)
-            a, lam = self.accumulated(x, site)
-            args, kwargs = [a, *self._consts(args[1:])], self._consts(kwargs)
-            bias = None
-            if bias_at is not None:
-                bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            out = self._split_call(func, args, kwargs, a, time)
-            if bias is not None:
-                shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
-                b = bias.view(shape)
-                out = self._shift(out, b, lam, time, fresh=True,  # the call added b once
-                                  since=site.call_since)
-            return self._acc_out(out, lam, site, inputs=(x,), time=time)
-        return run
+    @route("linear")
+    def _linear(self, func, name, args, kwargs):
+        """``F.linear``: its bias along the last dim."""
+        return self._linear_map(func, name, args, kwargs, "last")
 
-    # ----------------------------------------------------------------- time and routes
+    @route(*sorted(_CONV))
+    def _conv(self, func, name, args, kwargs):
+        """Convolutions: their bias along the channel dim."""
+        return self._linear_map(func, name, args, kwargs, "channel")
+
+    @route(*sorted(_POOL))
+    def _pool(self, func, name, args, kwargs):
+        """Average pooling: no constant."""
+        return self._linear_map(func, name, args, kwargs, None)
+
+    def _linear_map(self, func, name, args, kwargs, bias_at):
+        """linear, conv and average pooling: once on the accumulated input; the bias (at
+        ``bias_at``: "last", "channel" or None) scaled by c[t]."""
+        args, kwargs = list(args), dict(kwargs)
+        consts = tensors_in(args[1:], tensors_in(kwargs) if kwargs else None)
+        if any(a in self.reps for a in consts):
+            return PER_STEP  # e.g. a weight computed from the input: per step
+        x = args[0]
+        time = self._map_time(name, x)
+        if time == TOUCH:
+            return PER_STEP  # it works along time (step mode 'm'): per step
+        if self._plain(x, consts):
+            return self._per_step(func, name, args, kwargs, linear=True)
+        site = self.site(name, tuple(args))
+        self._note(site.where, name, "on accumulations")
+        self.watch_weights(site, consts)
+        a, lam = self.accumulated(x, site)
+        args, kwargs = [a, *self._consts(args[1:])], self._consts(kwargs)
+        bias = None
+        if bias_at is not None:
+            bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
+        out = self._split_call(func, args, kwargs, a, time)
+        if bias is not None:
+            shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
+            b = bias.view(shape)
+            out = self._shift(out, b, lam, time, fresh=True,  # the call added b once
+                              since=site.call_since)
+        return self._acc_out(out, lam, site, inputs=(x,), time=time)
 
     def _kept_time(self, name: str, x: Tensor, time):
         """Step mode 'm': the layout of ``name``'s result when the operation works along other
@@ -96,35 +108,6 @@ class LinearRoutes:
         gradient) runs on the per-step value itself: the same values and gradients, no state."""
         return self.reps[x].kind == STEP and not any(
             torch.is_tensor(c) and c.requires_grad for c in consts)
-
-    # ----------------------------------------------------------------- accumulation dtype
-
-    def model_dtype(self, inputs: list) -> torch.dtype:
-        """The model's dtype: its first float parameter's, else its input's."""
-        return next((p.dtype for p in self.root.parameters() if p.is_floating_point()),
-                    next((x.dtype for x in inputs if x.is_floating_point()),
-                         torch.get_default_dtype()))
-
-    def high(self, x):
-        """``x`` (a float tensor) in the accumulation dtype; anything else, or without
-        ``accumulate``, unchanged (the cast is differentiable: gradients reach ``x``)."""
-        if self.accumulate is None or not torch.is_tensor(x) or not x.is_floating_point():
-            return x
-        return x.to(self.accumulate)
-
-    def low(self, x: Tensor) -> Tensor:
-        """A per-step value made from accumulations, back in the model's dtype."""
-        if self.accumulate is None or not x.is_floating_point():
-            return x
-        return x.to(self.dtype)
-
-    def _consts(self, vals):
-        """The constants of a linear map (a list or dict) in the accumulation dtype."""
-        if self.accumulate is None:
-            return vals
-        if isinstance(vals, dict):
-            return {k: self.high(v) for k, v in vals.items()}
-        return [self.high(v) for v in vals]
 
     def _split_call(self, func, args, kwargs, a: Tensor, time=None):
         """SAF-F in step mode 'm': the rows of steps 0..T−2 run without a graph
@@ -160,19 +143,21 @@ class LinearRoutes:
                              since=since)
         return out
 
+    @route("batch_norm")
     def _batch_norm(self, func, name, args, kwargs):
+        """Eval-mode batch_norm (running statistics): an affine map; training mode per step."""
         names = ("input", "running_mean", "running_var", "weight", "bias", "training",
                  "momentum", "eps")
         b = dict(zip(names, args))
         b.update(kwargs)
         if b.get("training", False) or b.get("running_mean") is None:
-            return NotImplemented  # batch statistics: per step
+            return PER_STEP  # batch statistics: per step
         if any(torch.is_tensor(v) and v in self.reps for k, v in b.items() if k != "input"):
-            return NotImplemented
+            return PER_STEP
         x = b["input"]
         time = self._map_time(name, x)
         if time == TOUCH:
-            return NotImplemented
+            return PER_STEP
         if self._plain(x, [b.get("weight"), b.get("bias")]):
             return self._per_step(func, name, args, kwargs, linear=True)
         site = self.site(name, (x, b.get("weight"), b["running_mean"]))
@@ -199,9 +184,12 @@ class LinearRoutes:
                 return rep.decay
         return None
 
+    @route("add", "sub", "radd", "rsub")
     def _add(self, func, name, args, kwargs):
+        """A sum of accumulations (of one decay), or of an accumulation and a constant (scaled
+        by c[t])."""
         if "alpha" in kwargs or len(args) != 2:
-            return NotImplemented
+            return PER_STEP
         tagged = [torch.is_tensor(a) and a in self.reps for a in args]
         reps = [self.reps[a] if t else None for a, t in zip(args, tagged)]
         if all(r is None or r.kind == STEP for r in reps):
@@ -213,11 +201,11 @@ class LinearRoutes:
             time = timeaxis.broadcast([(r.time, a.dim()) for a, r in zip(args, reps)
                                        if r is not None], ndim)
             if time is None:
-                return NotImplemented  # operands with time in other places: per step
+                return PER_STEP  # operands with time in other places: per step
             for a, r in zip(args, reps):
                 if r is None and torch.is_tensor(a) and timeaxis.constant_varies_along_time(
                         time, ndim, a.shape):
-                    return NotImplemented  # a constant that changes along time: per step
+                    return PER_STEP  # a constant that changes along time: per step
         site = self.site(name, args)
         self._note(site.where, name, "on accumulations")
         lam = self.receiver_decay(site)
@@ -238,6 +226,8 @@ class LinearRoutes:
                 out = self._shift(out, -c if neg else c, lam, time, since=site.call_since)
         return self._acc_out(out, lam, site, raw, inputs=args, time=time)
 
+    @route("mul", "rmul", "div", "truediv", "neg", "matmul", "rmatmul", "mm", "bmm", "sum", "mean",
+           "cat", "concat", "concatenate", "stack", "pos")
     def _linear_generic(self, func, name, args, kwargs):
         """mul/div by constants, matmul with a constant, sums and means over non-time dims,
         cat/stack of accumulations of one decay."""
@@ -251,7 +241,7 @@ class LinearRoutes:
                 return self._collect(func, seq, args[1:], kwargs)
             decays = [self._decay_of(a) for a in seq]
             if None in decays or len(set(decays)) != 1:
-                return NotImplemented
+                return PER_STEP
             time = None
             if multi:
                 times = {self.reps[a].time for a in seq}
@@ -259,7 +249,7 @@ class LinearRoutes:
                 ndim = seq[0].dim() + (name == "stack")
                 dim = dim % ndim
                 if time is None or (dim == time[0] and name != "stack"):
-                    return NotImplemented  # along time, or time in other places: per step
+                    return PER_STEP  # along time, or time in other places: per step
                 if name == "stack" and dim <= time[0]:
                     time = (time[0] + 1, time[1])
             site = self.site(name, tuple(seq))
@@ -271,21 +261,21 @@ class LinearRoutes:
         tagged = [i for i, a in enumerate(args) if torch.is_tensor(a) and a in self.reps]
         if len(tagged) != 1 or any(torch.is_tensor(v) and v in self.reps
                                    for v in kwargs.values()):
-            return NotImplemented  # a product of two input-dependent tensors: per step
+            return PER_STEP  # a product of two input-dependent tensors: per step
         i = tagged[0]
         x = args[i]
         rep = self.reps[x]
         if name in ("sum", "mean"):
             if rep.kind == SPIKE:
-                return NotImplemented  # spike counts and rates: on the real spikes
+                return PER_STEP  # spike counts and rates: on the real spikes
             if kwargs.get("dtype") is not None:
-                return NotImplemented
+                return PER_STEP
         if name in ("div", "truediv") and i != 0:
-            return NotImplemented
+            return PER_STEP
         consts = [a for j, a in enumerate(args) if j != i] + list(kwargs.values())
         time = self._generic_time(name, args, kwargs, i) if multi else None
         if time == TOUCH:
-            return NotImplemented  # along time: per step
+            return PER_STEP  # along time: per step
         if self._plain(x, consts):
             return self._per_step(func, name, args, kwargs, linear=True)
         site = self.site(name, args if i == 0 else (args[i], *args[:i], *args[i + 1:]))
@@ -372,7 +362,7 @@ class LinearRoutes:
             self.paused -= 1
         spec = module._saf_spec
         if spec.shift is not None:
-            unfolded = self.step_mode == "m" and getattr(module, "step_mode", "s") == "m"
+            unfolded = self.step_mode == "m" and module_step_mode(module) == "m"
             shift = spec.shift(module, out, out.dim() - 1 - unfolded)
             if shift is not None:
                 out = self._shift(out, shift, lam, time, since=site.call_since)

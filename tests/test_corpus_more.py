@@ -1,5 +1,4 @@
-"""Issue 19, "Done when": third-party models used as they are (tests/corpus_models.py,
-``ISSUE19``), float64 (snnTorch float32), every neuron layer firing, SAF-E's outputs within 1e-9
+"""More third-party models used as they are (tests/corpus_models.py, ``MORE``), float64 (snnTorch float32), every neuron layer firing, SAF-E's outputs within 1e-9
 of the plain model's and ``set_saf(net, None)`` restoring it bit for bit, or a refusal whose
 message is tested:
 
@@ -36,7 +35,7 @@ import saf_plugin
 from corpus_harness import _threshold_from, check_case, judge, outputs, params, prepared
 from exactness import root_routes, routes
 
-CASES = {c.name: c for c in CM.ISSUE19}
+CASES = {c.name: c for c in CM.MORE}
 
 XFAIL: dict = {}
 
@@ -66,7 +65,7 @@ ROUTES = {
 
 def _params():
     out = []
-    for p in params(CM.ISSUE19):
+    for p in params(CM.MORE):
         name, check, step_mode = p.values
         if name in XFAIL and check != "fires":
             p = pytest.param(*p.values, id=p.id,
@@ -83,7 +82,7 @@ def _params():
 
 
 @pytest.mark.parametrize("name,check,step_mode", _params())
-def test_corpus_issue19(name, check, step_mode):
+def test_corpus_more(name, check, step_mode):
     if check == "F-refused":
         saf_f_is_refused_naming_the_per_step_operation(name)
     elif check == "routes":
