@@ -9,6 +9,8 @@ the model under SAF (``set_saf``) and reports, per operation, whether it runs on
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -28,14 +30,39 @@ _PER_STEP = ("not linear in the accumulations, or across time: runs per step on 
              "(exact; element-wise extra work)")
 
 
-def check(net: nn.Module, example_input=None, *, mode: str = Mode.E) -> list[Finding]:
+class Findings(list):
+    """A list of :class:`Finding` that prints as a table: ``print(check(net, x))`` shows each
+    neuron's route and, in the order of one call, each operation's (what ``saf check``
+    prints)."""
+
+    def __str__(self) -> str:
+        rows = [("path", "module", "status", "reason", "fix")]
+        rows += [(_where(f.path), f.module, f.status, f.reason, f.fix or "") for f in self]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = []
+        for i, r in enumerate(rows):
+            head = "  ".join(r[k].ljust(widths[k]) for k in range(3))
+            tail = r[3] + (f" | fix: {r[4]}" if r[4] and i else (" | fix" if i == 0 else ""))
+            lines.append(f"{head}  {tail}")
+            if i == 0:
+                lines.append("-" * min(100, len(lines[0]) + 10))
+        return "\n".join(lines)
+
+
+def _where(path: str) -> str:
+    """A finding's path; an operation's source file without its site-packages prefix."""
+    return re.sub(r"^\S*/(site|dist)-packages/", "", path) or "<root>"
+
+
+def check(net: nn.Module, example_input=None, *, mode: str = Mode.E) -> Findings:
     """One :class:`Finding` per neuron and per module SAF refuses; with ``example_input``
     (what ``net`` is called with), also one per operation of the forward, saying whether it
     runs on accumulations or per step (found by running a copy of the model under SAF).
 
-    Never raises on a model it can walk. ``status`` is "exact" or "unsupported".
+    Never raises on a model it can walk. ``status`` is "exact" or "unsupported". The list
+    prints as a table: ``print(check(net, x))`` shows the model's plan under SAF.
     """
-    found = findings(net, mode)
+    found = Findings(findings(net, mode))
     if example_input is not None and not any(f.status != "exact" for f in found):
         found += _operations(net, example_input, mode)
     return found

@@ -45,25 +45,6 @@ def build_model(spec: str):
         raise CLIError(str(e)) from None
 
 
-def _where(path: str) -> str:
-    """A finding's path; an operation's source file without its site-packages prefix."""
-    return re.sub(r"^\S*/(site|dist)-packages/", "", path) or "<root>"
-
-
-def findings_table(findings) -> str:
-    rows = [("path", "module", "status", "reason", "fix")]
-    rows += [(_where(f.path), f.module, f.status, f.reason, f.fix or "") for f in findings]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = []
-    for i, r in enumerate(rows):
-        head = "  ".join(r[k].ljust(widths[k]) for k in range(3))
-        tail = r[3] + (f" | fix: {r[4]}" if r[4] and i else (" | fix" if i == 0 else ""))
-        lines.append(f"{head}  {tail}")
-        if i == 0:
-            lines.append("-" * min(100, len(lines[0]) + 10))
-    return "\n".join(lines)
-
-
 def example_input(net, shape: list[int], batch: int, T: int):
     """A random input for one call of ``net``: [batch, *shape], or [T, batch, *shape] when
     its neurons run in step mode 'm'."""
@@ -89,7 +70,7 @@ def cmd_check(args) -> int:
             raise CLIError(f"the model failed on an input {list(x.shape)}: "
                            f"{type(e).__name__}: {e}") from None
         bad = [f for f in findings if f.status != "exact"]
-    print(findings_table(findings))
+    print(findings)
     if bad:
         print(f"not exact: {len(bad)} of {len(findings)} findings are unsupported (the fix "
               "column says what to change)")

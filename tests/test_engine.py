@@ -353,3 +353,20 @@ def test_the_input_is_a_per_step_value_and_constants_are_untagged(float64):
     saf(x)
     assert got["in"].kind == STEP and got["in"].raw
     assert rt.reps.get(x) is not None and rt.reps.get(saf[1].weight) is None
+
+
+def test_check_prints_the_plan_as_a_table(float64):
+    """``print(check(net, x))``: one row per neuron and per operation of one call, in order,
+    each with its route (the table ``saf check`` prints)."""
+    net = layered("s")
+    x = torch.rand(B, 1, 8, 8)
+    found = saf_plugin.check(net, x)
+    text = str(found)
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["path", "module", "status", "reason"]
+    assert len(lines) == len(found) + 2  # the header and its rule
+    for row, f in zip(lines[2:], found):
+        assert f" {f.module} " in row and f.reason in row and "site-packages" not in row, row
+    assert [f.module for f in found[-6:]] == ["conv2d", "max_pool2d", "linear", "relu",
+                                              "linear", "linear"]
+    assert "on accumulations" in lines[-6] and "per step" in lines[-5], text
