@@ -211,14 +211,37 @@ class _Spikes(torch.autograd.Function):
         return grad, None, None
 
 
+class _Spike(torch.autograd.Function):
+    """:class:`_Spikes` for one step, [B, ...] (step mode 's'): the same operations on the
+    same elements, without the time axis (no unsqueeze/squeeze, no empty slices)."""
+
+    @staticmethod
+    def forward(ctx, acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
+        return _spike(acc, acc_prev, lam)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
+def _spike(acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
+    out = torch.empty_like(acc)  # (acc's memory layout, as _Spikes has it)
+    if acc_prev is None:
+        out.copy_(acc)
+    else:
+        torch.sub(acc, acc_prev, alpha=lam, out=out)
+    return out.round_()
+
+
 def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
     """s[t] = â[t] − λ â[t−1], rounded to the exact 0/1 the neuron fired (the gradient is that
     of â[t])."""
-    if not multi_step:
-        acc = acc.unsqueeze(0)
     prev = None if acc_prev is None else acc_prev.detach().to(acc.dtype)
-    s = _Spikes.apply(acc, prev, float(lam))
-    return s if multi_step else s.squeeze(0)
+    if multi_step:
+        return _Spikes.apply(acc, prev, float(lam))
+    if not (acc.requires_grad and torch.is_grad_enabled()):  # no graph to make (SAF-F's
+        return _spike(acc, prev, float(lam))                  # steps before the last)
+    return _Spike.apply(acc, prev, float(lam))
 
 
 def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:

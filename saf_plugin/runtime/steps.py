@@ -167,7 +167,7 @@ class Steps:
 
     def site(self, name: str, args: tuple) -> Site:
         """The state of this linear map; a time loop inside forward is found here."""
-        weight = next((a for a in args[1:] if isinstance(a, nn.Parameter)), None)
+        weight = next((a for a in args[1:] if _is_param(a)), None)
         numbers = tuple(a for a in args[1:] if isinstance(a, (int, float)))  # a factor read per
         key = (name, None if weight is None else id(weight), numbers)  # step must stay the same
         if self.step_mode == "s":
@@ -223,7 +223,7 @@ class Steps:
         """A linear map's parameters must not change within a sequence for SAF-E to follow the
         plain model: their versions (advanced by every in-place update: an optimizer step,
         ``load_state_dict``) are compared with the previous step's."""
-        versions = tuple(c._version for c in consts if isinstance(c, nn.Parameter))
+        versions = tuple(c._version for c in consts if _is_param(c))
         seen, site.versions = site.versions, versions
         if seen is None or seen == versions or self.on_weight_change == "accept":
             return
@@ -240,6 +240,17 @@ class Steps:
             warnings.warn(why + ". This is SAF-E's online semantics (OTTT_O); to silence this "
                           "pass set_saf(..., on_weight_change='accept'), to refuse it 'raise'",
                           WeightChangeWarning, stacklevel=2)
+
+
+def _is_param(a) -> bool:
+    """``isinstance(a, nn.Parameter)``, without the metaclass's Python ``__instancecheck__``
+    for the usual answers (a Parameter, a number, None)."""
+    t = type(a)
+    if t is nn.Parameter:
+        return True
+    if t is int or t is float or t is bool or a is None:
+        return False
+    return isinstance(a, nn.Parameter)
 
 
 def _check_input(tensors: list) -> None:
