@@ -253,10 +253,13 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     with rt.pausing():
         y, decay_in = rt.neuron_input(x, p.decay, st, module)
         mode = rt.mode
-        c = rt.series(p.decay, like=y, since=st.since) if mode == Mode.F else None
+        c = None
+        if mode == Mode.F:  # c[t] (step mode 's'), or c over the call's steps
+            c = (rt.series_now(p.decay, like=y, since=st.since) if rt.step_mode == "s"
+                 else rt.series(p.decay, like=y, since=st.since))
         prev = st.acc
         if rt.step_mode == "s":
-            acc, spikes = step(y, decay_in, st, p, mode, None if c is None else c[0])
+            acc, spikes = step(y, decay_in, st, p, mode, c)
             if spikes is None:
                 spikes = spikes_of(acc, prev, p.decay, False)
         elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:
