@@ -236,7 +236,9 @@ def _spike(acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
 def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
     """s[t] = â[t] − λ â[t−1], rounded to the exact 0/1 the neuron fired (the gradient is that
     of â[t])."""
-    prev = None if acc_prev is None else acc_prev.detach().to(acc.dtype)
+    prev = acc_prev
+    if prev is not None:  # (â[t−1] is kept detached: no detach operation then)
+        prev = (prev.detach() if prev.requires_grad else prev).to(acc.dtype)
     if multi_step:
         return _Spikes.apply(acc, prev, float(lam))
     if not (acc.requires_grad and torch.is_grad_enabled()):  # no graph to make (SAF-F's

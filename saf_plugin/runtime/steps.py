@@ -167,9 +167,13 @@ class Steps:
 
     def site(self, name: str, args: tuple) -> Site:
         """The state of this linear map; a time loop inside forward is found here."""
-        weight = next((a for a in args[1:] if _is_param(a)), None)
-        numbers = tuple(a for a in args[1:] if isinstance(a, (int, float)))  # a factor read per
-        key = (name, None if weight is None else id(weight), numbers)  # step must stay the same
+        weight, numbers = None, []  # the first Parameter; the numbers (a factor read per step
+        for a in args[1:]:          # must stay the same)
+            if isinstance(a, (int, float)):
+                numbers.append(a)
+            elif weight is None and _is_param(a):
+                weight = a
+        key = (name, None if weight is None else id(weight), tuple(numbers))
         if self.step_mode == "s":
             data = self.reps.get(args[0]) if torch.is_tensor(args[0]) else None
             if self.loop_key is None:
