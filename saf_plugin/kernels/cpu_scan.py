@@ -106,6 +106,14 @@ def _op(name: str):
 
 def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
+    if not grad and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():  # no graph: the CPU kernel itself (the
+            return _step(y, acc0, lam, theta, scale, surrogate, mode, c, False)  # Autograd
+    return _step(y, acc0, lam, theta, scale, surrogate, mode, c, grad)  # kernel saves for
+                                                                         # backward always)
+
+
+def _step(y, acc0, lam, theta, scale, surrogate, mode, c, grad):
     if mode == Mode.F:
         return _op("step_f")(y, acc0, lam, theta, scale, c,
                              torch_scan.CLAMP_GRAD_AT_ZERO, grad)[0], None

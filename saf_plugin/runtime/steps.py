@@ -261,7 +261,8 @@ def _check_input(tensors: list) -> None:
     """Refuse an input SAF cannot accumulate: nan or ±inf (on the CPU), or an empty one."""
     for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
         if x.is_floating_point() and x.device.type == "cpu" and not bool(
-                torch.isfinite(x).all()):
+                (x * 0 == 0).all()):  # (isfinite: x·0 is 0 exactly for finite x, nan else;
+                                      # two operations fewer than torch.isfinite)
             raise ValueError(
                 "the input holds nan or ±inf; SAF accumulates its input (â[t] = λ â[t−1] + "
                 "x[t]), where a non-finite value never leaves and inf − inf gives nan, so "
