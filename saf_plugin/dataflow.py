@@ -171,6 +171,9 @@ def module_path() -> str:
     return ""
 
 
+_ATOMS = frozenset({int, float, bool, str, type(None)})  # exact types that hold no tensor
+
+
 def tensors_in(obj, out: Optional[list] = None) -> list:
     """The tensors in (nested lists, tuples and dicts of) ``obj``, in order: what the engine
     looks at in every operation's arguments (``torch.utils._pytree`` costs several times more
@@ -180,6 +183,8 @@ def tensors_in(obj, out: Optional[list] = None) -> list:
         out.append(obj)
     elif isinstance(obj, (list, tuple)):
         for o in obj:
+            if type(o) in _ATOMS:  # (most arguments: strides, flags; two isinstance less)
+                continue
             if isinstance(o, Tensor):
                 out.append(o)
             elif isinstance(o, (list, tuple, dict)):

@@ -211,14 +211,39 @@ class _Spikes(torch.autograd.Function):
         return grad, None, None
 
 
+class _Spike(torch.autograd.Function):
+    """:class:`_Spikes` for one step, [B, ...] (step mode 's'): the same operations on the
+    same elements, without the time axis (no unsqueeze/squeeze, no empty slices)."""
+
+    @staticmethod
+    def forward(ctx, acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
+        return _spike(acc, acc_prev, lam)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
+def _spike(acc: Tensor, acc_prev: Optional[Tensor], lam: float) -> Tensor:
+    out = torch.empty_like(acc)  # (acc's memory layout, as _Spikes has it)
+    if acc_prev is None:
+        out.copy_(acc)
+    else:
+        torch.sub(acc, acc_prev, alpha=lam, out=out)
+    return out.round_()
+
+
 def spikes_of(acc: Tensor, acc_prev: Optional[Tensor], lam: float, multi_step: bool) -> Tensor:
     """s[t] = â[t] − λ â[t−1], rounded to the exact 0/1 the neuron fired (the gradient is that
     of â[t])."""
-    if not multi_step:
-        acc = acc.unsqueeze(0)
-    prev = None if acc_prev is None else acc_prev.detach().to(acc.dtype)
-    s = _Spikes.apply(acc, prev, float(lam))
-    return s if multi_step else s.squeeze(0)
+    prev = acc_prev
+    if prev is not None:  # (â[t−1] is kept detached: no detach operation then)
+        prev = (prev.detach() if prev.requires_grad else prev).to(acc.dtype)
+    if multi_step:
+        return _Spikes.apply(acc, prev, float(lam))
+    if not (acc.requires_grad and torch.is_grad_enabled()):  # no graph to make (SAF-F's
+        return _spike(acc, prev, float(lam))                  # steps before the last)
+    return _Spike.apply(acc, prev, float(lam))
 
 
 def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
@@ -230,10 +255,13 @@ def forward(rt, module, x: Tensor, p: NeuronParams) -> Tensor:
     with rt.pausing():
         y, decay_in = rt.neuron_input(x, p.decay, st, module)
         mode = rt.mode
-        c = rt.series(p.decay, like=y, since=st.since) if mode == Mode.F else None
+        c = None
+        if mode == Mode.F:  # c[t] (step mode 's'), or c over the call's steps
+            c = (rt.series_now(p.decay, like=y, since=st.since) if rt.step_mode == "s"
+                 else rt.series(p.decay, like=y, since=st.since))
         prev = st.acc
         if rt.step_mode == "s":
-            acc, spikes = step(y, decay_in, st, p, mode, None if c is None else c[0])
+            acc, spikes = step(y, decay_in, st, p, mode, c)
             if spikes is None:
                 spikes = spikes_of(acc, prev, p.decay, False)
         elif p.decay_param is None and decay_in == p.decay and st.z_prev is None:

@@ -163,7 +163,7 @@ def _forward(self, input_, mem=None):
     lam = p.decay
     with rt.pausing():
         y, decay_in = rt.neuron_input(input_, lam, st, self)
-        c = rt.series(lam, like=y, since=st.since)[0] if rt.mode == Mode.F else None
+        c = rt.series_now(lam, like=y, since=st.since) if rt.mode == Mode.F else None
         out, spk, mem_new = neuron_step.step_with_membrane(y, decay_in, st, p, rt.mode, c,
                                                            None if fresh else self.mem)
     self.mem = mem_new.detach()  # SAF never differentiates through it (and deepcopy works)

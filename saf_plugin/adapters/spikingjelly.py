@@ -71,7 +71,8 @@ def decay_value(m: nn.Module) -> float:
 def params(m: nn.Module) -> NeuronParams:
     lam = decay(m)
     learnable = torch.is_tensor(lam)
-    lam_f = decay_value(m)
+    lam_f = decay_value(m) if learnable else float(lam)  # (= decay_value(m), without
+                                                           # decay(m) a second time)
     scale = None
     if getattr(m, "decay_input", False):
         scale = host_float(m.w, torch.sigmoid) if learnable else 1.0 / m.tau

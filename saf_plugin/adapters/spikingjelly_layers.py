@@ -33,8 +33,9 @@ def cached_standardised_weight(self):
         with torch._C.DisableTorchFunction():
             return base.get_weight(self)
     gain = getattr(self, "gain", None)
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
-                for p in (self.weight, gain) if p is not None)
+    with torch._C.DisableTorchFunction():  # (the key's attribute reads would each be routed)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device)
+                    for p in (self.weight, gain) if p is not None)
     cached = self.__dict__.get("_saf_ws_cache")
     if cached is None or cached[0] != key:
         cached = (key, base.get_weight(self))

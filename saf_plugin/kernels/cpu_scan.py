@@ -92,13 +92,33 @@ def _forward(y: Tensor, acc0: Optional[Tensor], lam: float, theta: float,
     return torch.ops.saf_cpu.scan(y, acc0, lam, theta, scale, -1, 0.0, False, False)[0]
 
 
+_OPS: dict = {}
+
+
+def _op(name: str):
+    """The operator's one overload, ``torch.ops.saf_cpu.<name>.default`` (called directly: the
+    overload packet's resolution costs a few microseconds per step)."""
+    op = _OPS.get(name)
+    if op is None:
+        op = _OPS[name] = getattr(torch.ops.saf_cpu, name).default
+    return op
+
+
 def step(y: Tensor, acc0: Optional[Tensor], *, lam: float, theta: float,
          scale: Optional[float], surrogate, mode: str, c: Optional[Tensor], grad: bool):
+    if not grad and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():  # no graph: the CPU kernel itself (the
+            return _step(y, acc0, lam, theta, scale, surrogate, mode, c, False)  # Autograd
+    return _step(y, acc0, lam, theta, scale, surrogate, mode, c, grad)  # kernel saves for
+                                                                         # backward always)
+
+
+def _step(y, acc0, lam, theta, scale, surrogate, mode, c, grad):
     if mode == Mode.F:
-        return torch.ops.saf_cpu.step_f(y, acc0, lam, theta, scale, c,
-                                        torch_scan.CLAMP_GRAD_AT_ZERO, grad)[0], None
+        return _op("step_f")(y, acc0, lam, theta, scale, c,
+                             torch_scan.CLAMP_GRAD_AT_ZERO, grad)[0], None
     kind, alpha = surrogate_kind(surrogate)
-    acc, spk, _ = torch.ops.saf_cpu.step(y, acc0, lam, theta, scale, kind, alpha, grad)
+    acc, spk, _ = _op("step")(y, acc0, lam, theta, scale, kind, alpha, grad)
     return acc, spk if acc0 is not None else acc
 
 

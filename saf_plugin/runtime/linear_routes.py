@@ -69,7 +69,8 @@ class LinearRoutes:
         if bias_at is not None:
             bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
         out = self._split_call(func, args, kwargs, a, time)
-        if bias is not None:
+        if bias is not None and (self.step_mode != "s" or self.t != site.call_since):
+            # (in step mode 's' at the accumulation's first step c[t] = 1: nothing to add)
             shape = bias.shape if bias_at == "last" else (bias.shape[0], *([1] * _CONV[name]))
             b = bias.view(shape)
             out = self._shift(out, b, lam, time, fresh=True,  # the call added b once
@@ -125,13 +126,14 @@ class LinearRoutes:
     def _acc_out(self, out: Tensor, lam: float, site: Site, raw: bool = False,
                  inputs: tuple = (), time=None) -> Tensor:
         prev = site.out_prev
-        up = tuple(u for a in inputs if torch.is_tensor(a) and a in self.reps
-                   for u in self.reps[a].sites if self.reps[a].kind == ACC)
+        reps = [r for r in (self.reps.get(a) for a in inputs if torch.is_tensor(a))
+                if r is not None]  # (the inputs' tags, read once)
+        up = tuple(u for r in reps if r.kind == ACC for u in r.sites)
         since = site.call_since
         if since != site.since:  # its input's accumulation started afresh (a neuron reset)
             prev, site.since = None, since
         site.time = time
-        early = all(self.reps[a].early for a in inputs if torch.is_tensor(a) and a in self.reps)
+        early = all(r.early for r in reps)
         if self.learning or site.needs_prev:
             if self.step_mode == "s":
                 site.out_prev = out.detach()

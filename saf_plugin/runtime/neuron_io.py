@@ -13,7 +13,6 @@ A mixin of :class:`saf_plugin.runtime.Runtime`.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,6 +28,32 @@ from .values import _accumulate_detached
 
 class StopProbe(Exception):
     """A probe learnt what it tested (a neuron got another time axis than guessed)."""
+
+
+class _Paused:
+    """:meth:`NeuronIO.pausing`'s context (a class: a generator context manager costs several
+    Python calls more per neuron step)."""
+
+    __slots__ = ("rt", "off")
+
+    def __init__(self, rt):
+        self.rt, self.off = rt, None
+
+    def __enter__(self):
+        self.rt.paused += 1
+        try:
+            self.off = torch._C.DisableTorchFunction()
+            self.off.__enter__()
+        except BaseException:
+            self.rt.paused -= 1
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            self.off.__exit__(*exc)
+        finally:
+            self.rt.paused -= 1
+        return False
 
 
 class NeuronIO:
@@ -57,16 +82,10 @@ class NeuronIO:
             self.states[key].since = self.t
         return self.states[key]
 
-    @contextmanager
-    def pausing(self):
+    def pausing(self) -> "_Paused":
         """Run SAF's own tensor work (not the model's operations) without routing it, and
         without the mode's per-operation cost (``torch._C.DisableTorchFunction``)."""
-        self.paused += 1
-        try:
-            with torch._C.DisableTorchFunction():
-                yield
-        finally:
-            self.paused -= 1
+        return _Paused(self)
 
     def real_input(self, x):
         """A neuron's input as the plain model has it (hooks watch the neuron): an
@@ -205,7 +224,7 @@ class NeuronIO:
             return self.step_value(x, rep)
         if self.step_mode == "s":
             a = x if rep.kind == ACC or rep.acc is None else rep.acc
-            return self.low(a / self.series(rep.decay, a, t=rep.seq, since=rep.since)[0])
+            return self.low(a / self.series_now(rep.decay, a, rep.since, t=rep.seq))
         if rep.kind == SPIKE:
             return self.low(self._rows(x if rep.acc is None else rep.acc, rep.decay,
                                        lambda v, c: v / c, rep.time, rep.since))

@@ -59,7 +59,9 @@ class Dispatch:
         if name in _NO_TENSOR:
             return func(*args, **kwargs)
         flat = tensors_in(args, tensors_in(kwargs) if kwargs else None)
-        tagged = any(a in self.reps for a in flat)
+        attr = self.reps.attr  # (the tags read once: Tags.get, inlined)
+        reps = [r for r in (getattr(a, attr, None) for a in flat) if r is not None]
+        tagged = bool(reps)
         if name in _MADE_LIKE or (not tagged and (name in _MADE or name in _RANDOM_INPLACE)):
             return self._made(func(*args, **kwargs), flat)
         if name in _RANDOM_INPLACE:  # a tagged tensor overwritten with random draws
@@ -76,10 +78,10 @@ class Dispatch:
                 return self._made(out, ())  # a row of a table picked by a step counter
             return out
         self.no_checkpoint()
-        bad = next((r.fbad for r in map(self.reps.get, flat) if r is not None and r.fbad), None)
+        bad = next((r.fbad for r in reps if r.fbad), None)
         if bad is not None:
             raise self._f_refusal(bad)
-        if any(r is not None and r.fout for r in map(self.reps.get, flat)):
+        if any(r.fout for r in reps):
             raise Refusal(Finding(
                 module_path(), name, "unsupported",
                 f"{name} at {user_frame()} computes with SAF-F outputs collected over time steps "

@@ -167,9 +167,13 @@ class Steps:
 
     def site(self, name: str, args: tuple) -> Site:
         """The state of this linear map; a time loop inside forward is found here."""
-        weight = next((a for a in args[1:] if isinstance(a, nn.Parameter)), None)
-        numbers = tuple(a for a in args[1:] if isinstance(a, (int, float)))  # a factor read per
-        key = (name, None if weight is None else id(weight), numbers)  # step must stay the same
+        weight, numbers = None, []  # the first Parameter; the numbers (a factor read per step
+        for a in args[1:]:          # must stay the same)
+            if isinstance(a, (int, float)):
+                numbers.append(a)
+            elif weight is None and _is_param(a):
+                weight = a
+        key = (name, None if weight is None else id(weight), tuple(numbers))
         if self.step_mode == "s":
             data = self.reps.get(args[0]) if torch.is_tensor(args[0]) else None
             if self.loop_key is None:
@@ -223,7 +227,7 @@ class Steps:
         """A linear map's parameters must not change within a sequence for SAF-E to follow the
         plain model: their versions (advanced by every in-place update: an optimizer step,
         ``load_state_dict``) are compared with the previous step's."""
-        versions = tuple(c._version for c in consts if isinstance(c, nn.Parameter))
+        versions = tuple(c._version for c in consts if _is_param(c))
         seen, site.versions = site.versions, versions
         if seen is None or seen == versions or self.on_weight_change == "accept":
             return
@@ -242,11 +246,23 @@ class Steps:
                           WeightChangeWarning, stacklevel=2)
 
 
+def _is_param(a) -> bool:
+    """``isinstance(a, nn.Parameter)``, without the metaclass's Python ``__instancecheck__``
+    for the usual answers (a Parameter, a number, None)."""
+    t = type(a)
+    if t is nn.Parameter:
+        return True
+    if t is int or t is float or t is bool or a is None:
+        return False
+    return isinstance(a, nn.Parameter)
+
+
 def _check_input(tensors: list) -> None:
     """Refuse an input SAF cannot accumulate: nan or ±inf (on the CPU), or an empty one."""
     for x in tensors:  # accumulations of ±inf give inf − inf = nan: not the plain model
         if x.is_floating_point() and x.device.type == "cpu" and not bool(
-                torch.isfinite(x).all()):
+                (x * 0 == 0).all()):  # (isfinite: x·0 is 0 exactly for finite x, nan else;
+                                      # two operations fewer than torch.isfinite)
             raise ValueError(
                 "the input holds nan or ±inf; SAF accumulates its input (â[t] = λ â[t−1] + "
                 "x[t]), where a non-finite value never leaves and inf − inf gives nan, so "

@@ -45,13 +45,24 @@ class Values:
         host-to-device copy (a synchronisation on CUDA)."""
         t0, steps = (self.t, self.steps) if t is None else (t, 1)
         t0 -= since
+        return self._series_upto(lam, like, t0 + steps)[t0:t0 + steps]
+
+    def series_now(self, lam: float, like: Tensor, since: int = 0,
+                   t: Optional[int] = None) -> Tensor:
+        """c[t] of this step (step mode 's'; or of step ``t``) as a 0-d tensor:
+        ``series(...)[0]`` in one indexing operation."""
+        t0 = (self.t if t is None else t) - since
+        return self._series_upto(lam, like, t0 + 1)[t0]
+
+    def _series_upto(self, lam: float, like: Tensor, n: int) -> Tensor:
+        """The cached c[0..] for (λ, dtype, device), at least ``n`` long."""
         key = (float(lam), like.dtype, like.device)
         c = self._series.get(key)
-        if c is None or c.shape[0] < t0 + steps:
+        if c is None or c.shape[0] < n:
             if len(self._series) > 64:
                 self._series.clear()
-            c = self._series[key] = core.bias_series(0, max(64, 2 * (t0 + steps)), lam, like=like)
-        return c[t0:t0 + steps]
+            c = self._series[key] = core.bias_series(0, max(64, 2 * n), lam, like=like)
+        return c
 
     def _rows(self, x: Tensor, lam: float, fn, time, since: int = 0) -> Tensor:
         """fn(x_t, c[t]) for every time row of ``x`` (c a scalar in step mode 's'; in 'm' x is
