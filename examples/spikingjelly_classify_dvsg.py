@@ -15,8 +15,9 @@ form, a different model). ``--saf off`` trains the same network with SpikingJell
 ``--saf F`` is refused by saf_plugin (SAF-F needs the closed form and linear maps between
 neurons; this model has per-step operations); the script lets the error show.
 
-On the offline digits the defaults are a quick setting (T = 4, 4 epochs, Adam lr 5e-3, batch
-16, 4 channels); with ``--data dvs128``, the original recipe.
+On the offline digits the defaults are a quick setting (T = 2, 3 epochs, Adam lr 1e-2, batch
+16, 16 channels; above 80 % on the held-out digits with SAF-E and with BPTT, see
+docs/examples.md); with ``--data dvs128``, the original recipe.
 
 Data: offline, the digits as 128x128 event frames (``_common.digits_to_events``; 10 of the
 net's 11 outputs are used). ``--data dvs128`` uses SpikingJelly's ``DVS128Gesture`` class,
@@ -41,7 +42,7 @@ import saf_plugin
 
 # the original's settings (real data) and the quick setting on the offline digits
 RECIPE = dict(T=16, batch_size=16, epochs=64, lr=1e-3, channels=128)
-DIGITS = dict(T=4, batch_size=16, epochs=4, lr=5e-3, channels=4)
+DIGITS = dict(T=2, batch_size=16, epochs=3, lr=1e-2, channels=16)
 
 
 def main(argv=None) -> str:
