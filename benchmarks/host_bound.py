@@ -8,6 +8,8 @@ iteration counted with a ``TorchDispatchMode`` (a proxy for GPU kernel launches)
   every step, its state detached after each step (OTTT's rule without traces: the floor a
   per-step method can reach);
 - ``bptt``, ``ottt``, ``sltt``, ``relu``: as in ``saf bench`` (``saf_plugin/bench``);
+  ``relu_online``: the ReLU network with an update every step (the floor for
+  ``saf_e_online``'s operation count: ``relu`` updates once per sequence);
 - ``saf_e_online``, ``saf_f``: ``set_saf(net, "E"/"F")``, ``train_step``; ``saf_e``: SAF-E
   with a backward every step and one update per sequence (as ``relu`` updates);
 - ``<method>+compile``: the same with the model wrapped in ``torch.compile`` (Inductor on
@@ -89,6 +91,19 @@ def snntorch_plain_runner(net, lr=0.01, compile_=False):
     return run
 
 
+def relu_online_runner(net, lr=0.01):
+    """The ReLU network with a backward and an update every step (as ``saf_e_online``)."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+
+    def run(x_seq, y):
+        T = x_seq.shape[0]
+        for t in range(T):
+            opt.zero_grad()
+            (F.cross_entropy(net(x_seq[t]), y) / T).backward()
+            opt.step()
+    return run
+
+
 def runner(base, method: str):
     compile_ = method.endswith("+compile")
     name = method.removesuffix("+compile")
@@ -96,6 +111,8 @@ def runner(base, method: str):
     if name == "plain_step":
         net = copy.deepcopy(base)
         return (snntorch_plain_runner if snn else plain_step_runner)(net, compile_=compile_)
+    if name == "relu_online":
+        return relu_online_runner(variant(base, "relu"))
     net = variant(base, "saf_e_online" if name == "saf_e" else name)
     if compile_:
         import saf_plugin
@@ -133,7 +150,7 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.net == "tiny_vgg":
         base, shape = VGG(width_div=32), (3, 8, 8)
-        methods = ["plain_step", "relu", "bptt", "ottt", "sltt", "saf_e_online", "saf_e",
+        methods = ["plain_step", "relu", "relu_online", "bptt", "ottt", "sltt", "saf_e_online", "saf_e",
                    "saf_f", "plain_step+compile", "saf_e_online+compile"]
     else:
         base, shape = snntorch_csnn(), (1, 28, 28)
