@@ -29,7 +29,7 @@ def memory_of(run: Callable, x_seq, y, device) -> dict:
     """One iteration under the saved-tensor meter, in a fresh process (``run.worker``): the
     RSS before it, the process's peak RSS after it (``getrusage``; in a fresh process the
     iteration is what sets it), and on CUDA the peak allocated by torch."""
-    from ..training import SavedTensorMeter, peak_rss_bytes
+    from ..memory import SavedTensorMeter, peak_rss_bytes
 
     rss0 = psutil.Process().memory_info().rss
     if device.type == "cuda":
