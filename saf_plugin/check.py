@@ -83,10 +83,10 @@ def _operations(net: nn.Module, example_input, mode: str) -> list[Finding]:
         return [f for f in getattr(e, "findings", [])] or [
             Finding("", type(net).__name__, "unsupported", str(e), "")]
     seen, out = set(), []
-    for where, op, route in rt.record:
-        if (where, op) in seen:
+    for where, op, route in rt.record:  # one row per line, operation and route: a line
+        if (where, op, route) in seen:  # with two means (of space, then time) has two rows
             continue
-        seen.add((where, op))
+        seen.add((where, op, route))
         out.append(Finding(where, op, "exact", _ROUTES.get(route, _PER_STEP), ""))
     return out
 

@@ -53,14 +53,9 @@ PER_STEP_OP = {
     "sj_spike_driven_transformer_as_is": r"SAF-F needs the closed form.*hard reset",
     "sj_qkformer": r"batch_norm\b.*runs per step; SAF-F",
 }
-ROUTES = {
-    "sj_spike_driven_transformer": None,
-    "sj_qkformer": (
-        "6b35369, 270788c: check() reports one route for qkformer.py:354, where two means run "
-        "(x.flatten(3).mean(dim=-1).mean(0)): 'runs once per step on accumulations' (true of "
-        "the spatial mean); the mean over time, which runs per step, is not reported "
-        "(outputs are exact)"),
-}
+# the zoo transformers whose forward takes a mean over time (QKFormer's line
+# x.flatten(3).mean(dim=-1).mean(0) takes a spatial mean, then time's): check's report
+ROUTES = ("sj_spike_driven_transformer", "sj_qkformer")
 
 
 def _params():
@@ -74,10 +69,7 @@ def _params():
         if check == "E" and name in PER_STEP_OP:
             out.append(pytest.param(name, "F-refused", step_mode, id=f"{name}-m-SAFF-refused"))
         if check == "E" and name in ROUTES:
-            marks = ([pytest.mark.xfail(strict=True, reason=ROUTES[name])] if ROUTES[name]
-                     else [])
-            out.append(pytest.param(name, "routes", step_mode, id=f"{name}-m-routes",
-                                    marks=marks))
+            out.append(pytest.param(name, "routes", step_mode, id=f"{name}-m-routes"))
     return out
 
 
@@ -108,8 +100,7 @@ def the_mean_over_time_runs_per_step(name):
     net, x, _, _ = prepared(CASES[name], "m")
     findings = saf_plugin.check(net, x)
     root = root_routes(findings)
-    assert "mean" in root, root
-    assert "on accumulations" not in root["mean"], root
+    assert "per step" in root.get("mean", set()), root  # the mean over time
     convs = {op: r for op, r in routes(findings).items() if op.startswith("conv")}
     assert convs and all(r == {"on accumulations"} for r in convs.values()), convs
     assert routes(findings).get("linear") and "on accumulations" not in routes(findings)["linear"]
