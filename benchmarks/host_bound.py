@@ -4,12 +4,12 @@ operation costs more than the arithmetic (what a GPU sees at ordinary batch size
 One process, interleaved repeats (repeat r: every method once), medians; aten operations per
 iteration counted with a ``TorchDispatchMode`` (a proxy for GPU kernel launches). Methods:
 
-- ``plain_step``: the plain SpikingJelly model in step mode 's', a backward and an update
-  every step, its state detached after each step (OTTT's rule without traces: the floor a
-  per-step method can reach);
-- ``bptt``, ``ottt``, ``sltt``, ``relu``: as in ``saf bench`` (``saf_plugin/bench``);
-  ``relu_online``: the ReLU network with an update every step (the floor for
-  ``saf_e_online``'s operation count: ``relu`` updates once per sequence);
+- ``plain_step``, ``relu_online``, ``bptt``, ``ottt``, ``sltt``, ``relu``: as in ``saf bench``
+  (``saf_plugin/bench/methods.py``): ``plain_step`` is the plain model stepped one step at a
+  time with its state detached after each step and an update every step (OTTT's rule without
+  traces: the floor a per-step method can reach), ``relu_online`` the ReLU network with an
+  update every step (the floor for ``saf_e_online``'s operation count: ``relu`` updates once
+  per sequence);
 - ``saf_e_online``, ``saf_f``: ``set_saf(net, "E"/"F")``, ``train_step``; ``saf_e``: SAF-E
   with a backward every step and one update per sequence (as ``relu`` updates);
 - ``<method>+compile``: the same with the model wrapped in ``torch.compile`` (Inductor on
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import copy
 import json
 import statistics
 import sys
@@ -52,67 +51,9 @@ class OpCount(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def plain_step_runner(net, lr=0.01, compile_=False):
-    """The plain per-step loop (state detached after each step, an update every step)."""
-    from spikingjelly.activation_based import functional
-
-    functional.set_step_mode(net, "s")
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    fwd = torch.compile(net) if compile_ else net
-
-    def run(x_seq, y):
-        T = x_seq.shape[0]
-        functional.reset_net(net)
-        for t in range(T):
-            opt.zero_grad()
-            (F.cross_entropy(fwd(x_seq[t]), y) / T).backward()
-            opt.step()
-            functional.detach_net(net)
-    return run
-
-
-def snntorch_plain_runner(net, lr=0.01, compile_=False):
-    from snntorch import utils
-
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-    fwd = torch.compile(net) if compile_ else net
-    neurons = [m for m in net.modules() if hasattr(m, "detach_hidden")]
-
-    def run(x_seq, y):
-        T = x_seq.shape[0]
-        utils.reset(net)
-        for t in range(T):
-            opt.zero_grad()
-            spk, _ = fwd(x_seq[t])
-            (F.cross_entropy(spk, y) / T).backward()
-            opt.step()
-            for m in neurons:
-                m.mem = m.mem.detach()
-    return run
-
-
-def relu_online_runner(net, lr=0.01):
-    """The ReLU network with a backward and an update every step (as ``saf_e_online``)."""
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
-
-    def run(x_seq, y):
-        T = x_seq.shape[0]
-        for t in range(T):
-            opt.zero_grad()
-            (F.cross_entropy(net(x_seq[t]), y) / T).backward()
-            opt.step()
-    return run
-
-
 def runner(base, method: str):
     compile_ = method.endswith("+compile")
     name = method.removesuffix("+compile")
-    snn = any(type(m).__module__.startswith("snntorch") for m in base.modules())
-    if name == "plain_step":
-        net = copy.deepcopy(base)
-        return (snntorch_plain_runner if snn else plain_step_runner)(net, compile_=compile_)
-    if name == "relu_online":
-        return relu_online_runner(variant(base, "relu"))
     net = variant(base, "saf_e_online" if name == "saf_e" else name)
     if compile_:
         import saf_plugin

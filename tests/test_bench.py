@@ -15,9 +15,9 @@ pytest.importorskip("spikingjelly.activation_based")
 
 from saf_plugin.bench.main import main as bench_main  # noqa: E402
 from saf_plugin.bench.measure import make_inputs  # noqa: E402
-from saf_plugin.bench.methods import METHODS, SNNTORCH_METHODS  # noqa: E402
+from saf_plugin.bench.methods import METHODS, ON_REQUEST, SNNTORCH_METHODS  # noqa: E402
 from saf_plugin.bench.models import VGG, snntorch_csnn  # noqa: E402
-from saf_plugin.bench.variants import variant  # noqa: E402
+from saf_plugin.bench.variants import make_runner, variant  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench.py"
 
@@ -35,9 +35,10 @@ def test_bench_main_tiny_vgg_all_methods(tmp_path):
         "--T", "2,3", "--repeats", "1", "--warmup", "0", "--no-memory", "--name", "tiny",
         "--results-dir", str(tmp_path), "--plot-dir", str(tmp_path / "plots")])
     assert not result["errors"], result["errors"]
-    assert {r["method"] for r in result["rows"]} == set(METHODS)
+    default = set(METHODS) - set(ON_REQUEST)  # the host-bound floors run when named
+    assert {r["method"] for r in result["rows"]} == default
     saved = json.loads((tmp_path / "tiny.json").read_text())
-    assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(METHODS)
+    assert saved["machine"]["torch"] and len(saved["rows"]) == 2 * len(default)
     assert saved["ratios"][0]["saf_e_online/ottt time"] > 0
     assert (tmp_path / "tiny.csv").exists() and (tmp_path / "plots" / "tiny.png").exists()
 
@@ -67,7 +68,8 @@ def test_snntorch_methods_tiny(tmp_path, capsys):
         "--net", "snntorch6", "--batch", "2", "--T", "2", "--repeats", "1", "--warmup", "1",
         "--no-memory", "--name", "sn", "--results-dir", str(tmp_path), "--no-plot"])
     assert not result["errors"], result["errors"]
-    assert [r["method"] for r in result["rows"]] == list(SNNTORCH_METHODS)
+    assert [r["method"] for r in result["rows"]] == [m for m in SNNTORCH_METHODS
+                                                     if m not in ON_REQUEST]
     assert result["config"]["library"] == "snntorch"
     err = capsys.readouterr().err
     assert "[1/6] warm-up T=2 bptt" in err and "repeat 1/1 T=2 saf_f" in err  # progress
@@ -107,3 +109,44 @@ def test_library_does_not_import_the_benchmark():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parent.parent).stdout
     assert out.splitlines() == ["[]", "False True"], out
+
+
+@pytest.mark.parametrize("method", ["plain_step", "relu_online"])
+def test_per_step_floors_are_the_hand_written_loop(method):
+    """``plain_step`` (and ``relu_online``): a backward and an SGD update at every step, the
+    state detached after each; the weights after one iteration equal a hand-written loop's."""
+    import copy
+
+    import torch.nn.functional as F
+    from spikingjelly.activation_based import functional
+
+    torch.manual_seed(0)
+    base = VGG(width_div=32)
+    x, y = torch.rand(3, 2, 3, 8, 8), torch.tensor([1, 4])
+    net = variant(base, method)
+    make_runner(method, net)(x, y)
+    ref = copy.deepcopy(variant(base, "relu" if method == "relu_online" else "bptt"))
+    functional.set_step_mode(ref, "s")
+    opt = torch.optim.SGD(ref.parameters(), lr=0.01, momentum=0.9)
+    functional.reset_net(ref)
+    for t in range(3):
+        opt.zero_grad()
+        (F.cross_entropy(ref(x[t]), y) / 3).backward()
+        opt.step()
+        functional.detach_net(ref)
+    moved = 0
+    for (n, p), (_, q), (_, b) in zip(net.named_parameters(), ref.named_parameters(),
+                                      base.named_parameters()):
+        assert torch.equal(p, q), n
+        moved += not torch.equal(p, b)
+    assert moved > 0  # the loop trained
+
+
+def test_plain_step_runs_on_snntorch():
+    base = snntorch_csnn()
+    x, y = torch.rand(2, 2, 1, 28, 28), torch.tensor([0, 3])
+    before = [p.detach().clone() for p in base.parameters()]
+    net = variant(base, "plain_step")
+    make_runner("plain_step", net)(x, y)
+    assert "plain_step" in SNNTORCH_METHODS
+    assert any(not torch.equal(p, b) for p, b in zip(net.parameters(), before))

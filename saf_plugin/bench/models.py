@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .methods import METHODS, SNNTORCH_METHODS
+from .methods import METHODS, ON_REQUEST, SNNTORCH_METHODS
 
 VGG_CFG = [64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512]  # ottt_spiking_vggws ("S")
 
@@ -76,5 +76,7 @@ def library(net: nn.Module) -> str:
 
 
 def methods_for(net: nn.Module) -> tuple[str, ...]:
-    """The methods that can run on ``net``'s library."""
-    return SNNTORCH_METHODS if library(net) == "snntorch" else METHODS
+    """The methods run by default on ``net``'s library (the floors of the host-bound regime,
+    ``ON_REQUEST``, run when named)."""
+    every = SNNTORCH_METHODS if library(net) == "snntorch" else METHODS
+    return tuple(m for m in every if m not in ON_REQUEST)

@@ -35,6 +35,8 @@ def ratios(rows: list[dict]) -> list[dict]:
                     "saf_e_online/ottt saved": q("saf_e_online", "ottt", "saved_peak_bytes"),
                     "saf_e_online/bptt time": q("saf_e_online", "bptt"),
                     "saf_f/bptt time": q("saf_f", "bptt"),
+                    "saf_e_online/plain_step time": q("saf_e_online", "plain_step"),
+                    "saf_f/plain_step time": q("saf_f", "plain_step"),
                     "saf_e_online/bptt saved": q("saf_e_online", "bptt", "saved_peak_bytes")})
     return out
 

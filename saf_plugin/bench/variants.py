@@ -56,7 +56,7 @@ def variant(base: nn.Module, method: str) -> nn.Module:
         if method not in SNNTORCH_METHODS:
             raise ValueError(f"{method} is not available for snnTorch models (snnTorch has no "
                              f"OTTT, SLTT or multi-step mode); use {', '.join(SNNTORCH_METHODS)}")
-        if method != "bptt":
+        if method in ("saf_e_online", "saf_f"):
             saf_plugin.set_saf(net, "E" if method == "saf_e_online" else "F")
         return net
     from spikingjelly.activation_based import functional, layer, neuron
@@ -69,7 +69,7 @@ def variant(base: nn.Module, method: str) -> nn.Module:
         saf_plugin.set_saf(net, "E")
     elif method == "saf_f":
         saf_plugin.set_saf(net, "F")
-    elif method == "relu":
+    elif method in ("relu", "relu_online"):
         for path, _ in _neurons(net):
             net = _replace(net, path, nn.ReLU())
     elif method == "sltt":
@@ -84,7 +84,7 @@ def variant(base: nn.Module, method: str) -> nn.Module:
                 and not any(isinstance(c, nn.Sequential) for c in s.children())]
         for path, s in seqs:
             net = _replace(net, path, layer.OTTTSequential(*s.children()))
-    elif method != "bptt":
+    elif method not in ("bptt", "plain_step"):
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
     if hasattr(functional, "invalidate_reset_cache"):
         functional.invalidate_reset_cache(net)
@@ -117,9 +117,42 @@ def make_runner(method: str, net: nn.Module, lr: float = 0.01) -> Callable:
             for t in range(T):
                 loss_t(T)(net(x_seq[t]), y).backward()
             opt.step()
+    elif method in ("plain_step", "relu_online"):
+        return _per_step_runner(net, opt, loss_t)
     else:
         online = method == "saf_e_online"
 
         def run(x_seq, y):
             train_step(net, x_seq, y, loss_t(x_seq.shape[0]), opt, online=online)
+    return run
+
+
+def _per_step_runner(net: nn.Module, opt, loss_t) -> Callable:
+    """A backward and an update at every step, the model's state (if any) detached after
+    each: the plain per-step loop (``plain_step``) and ``relu_online``."""
+    if library(net) == "snntorch":
+        from snntorch import utils
+
+        neurons = [m for m in net.modules() if hasattr(m, "detach_hidden")]
+        reset, first = utils.reset, lambda out: out[0]  # (spikes, membrane) of the last neuron
+
+        def detach():
+            for m in neurons:
+                m.mem = m.mem.detach()
+    else:
+        from spikingjelly.activation_based import functional
+
+        reset, first = functional.reset_net, lambda out: out
+
+        def detach():
+            functional.detach_net(net)
+
+    def run(x_seq, y):
+        T = x_seq.shape[0]
+        reset(net)
+        for t in range(T):
+            opt.zero_grad()
+            loss_t(T)(first(net(x_seq[t])), y).backward()
+            opt.step()
+            detach()
     return run
