@@ -6,11 +6,12 @@ ATan surrogate and ``detach_reset=True``, step mode 'm', BatchNorm in training m
 firing rate against the one-hot label, cosine schedule, TensorBoard, and the recipe of its
 documented command: Adam, lr 0.001, batch 16, T=16 (``--opt sgd --lr 0.1`` for SGD, momentum 0.9).
 
-Nothing changed: under SAF-E the convolutions, Linears, the dropout (SpikingJelly's
-``layer.Dropout`` draws one mask per sequence) and ``VotingLayer`` (an average pool) run once
-per step on accumulations, the training-mode BatchNorms and the max pooling per step on the real
-values, and the hard-reset LIF neurons (``v_reset=0.``: no closed form) per step too, so the
-forward is the plain model's. ``--soft-reset`` switches them to soft reset first (SAF's closed
+Nothing changed: under SAF-E the convolutions run once per step on accumulations; the
+training-mode BatchNorms, the max pooling and what follows it (the dropouts, whose
+``layer.Dropout`` draws one mask per sequence, the Linears and ``VotingLayer``, an average
+pool) run per step on the real values, as do the hard-reset LIF neurons (``v_reset=0.``: no
+closed form), so the forward is the plain model's (``saf_plugin.check(net, x)`` lists each
+operation's route; the script prints them). ``--soft-reset`` switches them to soft reset first (SAF's closed
 form, a different model). ``--saf off`` trains the same network with SpikingJelly's BPTT.
 ``--saf F`` is refused by saf_plugin (SAF-F needs the closed form and linear maps between
 neurons; this model has per-step operations); the script lets the error show.
