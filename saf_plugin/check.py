@@ -26,8 +26,8 @@ _ROUTES = {
     "on per-step values": "a linear map without parameters on per-step values: runs once per "
                           "step on the real values (no trace needed)",
 }
-_PER_STEP = ("not linear in the accumulations, or across time: runs per step on the real values "
-             "(exact; element-wise extra work)")
+_PER_STEP = ("runs per step on the real values (exact; element-wise extra work): not linear in "
+             "the accumulations, across time, or fed per-step values")
 
 
 class Findings(list):
