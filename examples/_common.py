@@ -88,6 +88,14 @@ def preset(p: argparse.ArgumentParser, flag: str, text: str, **kwargs) -> None:
     p.add_argument(flag, default=None, help=f"{text} ({both})", **kwargs)
 
 
+def fix_option(p: argparse.ArgumentParser) -> None:
+    """``--fix``: max pooling replaced by average pooling first (``saf_plugin.fix``), for
+    every ``--saf``: a different network."""
+    p.add_argument("--fix", action="store_true",
+                   help="replace max pooling by average pooling first (saf_plugin.fix): a "
+                   "different network, which runs its pooling once per step on accumulations")
+
+
 def parse(p: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     """Parse, then fill each open preset option from the quick setting (offline digits) or
     the original recipe (a real data set)."""

@@ -58,9 +58,7 @@ def main(argv=None) -> str:
     p = C.base_parser(__doc__.splitlines()[0], data=("mnist", "fashion-mnist"),
                       recipe=RECIPE, digits=DIGITS)
     C.preset(p, "--width", "divide the channel counts by this", type=int)
-    p.add_argument("--fix", action="store_true",
-                   help="replace max pooling by average pooling first (saf_plugin.fix): a "
-                   "different network, which runs its pooling once per step on accumulations")
+    C.fix_option(p)
     args = C.parse(p, argv)
     C.seed_everything(args.seed)
     device = torch.device(args.device)

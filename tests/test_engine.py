@@ -20,6 +20,7 @@ from torch import nn
 
 import saf_plugin
 import sj_models as M
+from exactness import routes
 from saf_plugin import SAFIncompatibleError, SAFStateError, core
 from saf_plugin.dataflow import ACC, SPIKE, STEP
 
@@ -39,17 +40,6 @@ def assert_fires(net, fn):
 def converted(net, mode="E"):
     functional.reset_net(net)  # (a plain run leaves a membrane with graph: no deepcopy)
     return saf_plugin.set_saf(copy.deepcopy(net), mode)
-
-
-def routes(findings):
-    """{operation: route} of check(net, x)'s operation findings."""
-    out = {}
-    for f in findings:
-        if "(in module" in f.path:
-            out.setdefault(f.module, set()).add(
-                "on accumulations" if "on accumulations" in f.reason else
-                "on per-step values" if "on per-step values" in f.reason else "per step")
-    return out
 
 
 # ----------------------------------------------------------------------------- routes

@@ -113,6 +113,34 @@ def test_step_is_bit_identical_to_the_oracle(backend, dtype, mode, sname, case, 
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode,sname", [("E", "atan"), ("F", None)])
+@pytest.mark.parametrize("case", range(len(CASES)))
+@pytest.mark.parametrize("carried", [False, True])
+def test_step_without_a_graph_is_the_oracle_bit_for_bit(backend, dtype, mode, sname, case,
+                                                         carried):
+    """No graph to build (SAF-F's steps before the last; torch.no_grad): the "cpu" step runs
+    its kernel below autograd, and the spikes are read without an autograd.Function; â and s
+    are still the oracle's, bit for bit, with its layouts."""
+    from saf_plugin import neuron_step
+
+    shape, lam, theta, scale = CASES[case]
+    y, acc_prev = inputs(shape, dtype, case, lam, theta, scale, carried)
+    c = torch.tensor(1.75, dtype=y.dtype) if mode == "F" else None
+    with torch.no_grad():
+        acc, s = kernels.step(y, acc_prev, lam=lam, theta=theta, input_scale=scale,
+                              surrogate=surrogate(sname), mode=mode, c=c, backend=backend)
+        acc_o, s_o = oracle(y, acc_prev, lam, theta, scale, surrogate(sname), mode, c)
+        assert torch.equal(acc, acc_o) and acc.stride() == acc_o.stride()
+        assert not acc.requires_grad
+        if mode == "E":
+            assert torch.equal(s, s_o)
+        spikes = neuron_step.spikes_of(acc, acc_prev, lam, False)
+    graph = neuron_step.spikes_of(acc.clone().requires_grad_(), acc_prev, lam, False)
+    assert torch.equal(spikes, graph) and spikes.stride() == graph.stride()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("mode,sname", [("E", "atan"), ("F", None)])
 def test_layouts_are_those_of_the_oracle(backend, mode, sname):
     """A channels-last input (and state) gives channels-last results, as PyTorch's element-wise
